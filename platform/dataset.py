@@ -1,0 +1,133 @@
+"""The dataset plugin contract: cases, the task they define, and a saved, seeded split."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from segarena.platform.errors import DataError
+from segarena.platform.plugin import API_VERSION, Task
+
+
+@dataclass(frozen=True)
+class Case:
+    """One scored unit: a 2D image, or one slice of a volume (``volume`` + ``slice_index``).
+
+    image: (Cin, H, W) float32, already preprocessed. mask: (C, H, W) bool, one channel per
+    foreground class. spacing: per-axis size in mm, (row, col) for 2D; a slice of a volume
+    carries the volume's (row, col, slice) spacing. group: patient id, never split apart.
+    """
+
+    case_id: str
+    image: torch.Tensor
+    mask: torch.Tensor
+    spacing: tuple[float, ...] | None = None
+    group: str | None = None
+    volume: str | None = None
+    slice_index: int | None = None
+
+
+@dataclass(frozen=True)
+class Split:
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    test: tuple[str, ...]
+    kind: str = "seeded"  # seeded | blocks | official
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "train": list(self.train), "val": list(self.val), "test": list(self.test)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Split:
+        return cls(tuple(d["train"]), tuple(d["val"]), tuple(d["test"]), d.get("kind", "seeded"))
+
+
+class DatasetPlugin(ABC):
+    """Base class of every data source. Subclasses implement ``task`` and ``load``.
+
+    ``params`` come from the suite (e.g. ``size: 64``, ``path: /data/isic``); a split is
+    written once per (dataset fingerprint, seed) under ``cache_dir`` and reused after.
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[str] = "0.1.0"
+    modality: ClassVar[str] = ""
+    licence: ClassVar[str] = ""
+    citation: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    paper: ClassVar[str] = ""  # shown by `plugins list`; defaults to the citation
+    api_version: ClassVar[int] = API_VERSION
+    root_env: ClassVar[str | None] = None  # environment variable giving the root folder
+
+    def __init__(self, root: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
+                 **params: Any) -> None:
+        if root is None and self.root_env:
+            root = os.environ.get(self.root_env)
+        self.root = Path(root) if root is not None else None
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.params = params
+        self._cases: list[Case] | None = None
+
+    @abstractmethod
+    def task(self) -> Task:
+        """The task every case of this dataset poses."""
+
+    @abstractmethod
+    def load(self) -> list[Case]:
+        """All cases, preprocessed; raise ``DataError`` naming the file on bad data."""
+
+    def cases(self) -> list[Case]:
+        if self._cases is None:
+            self._cases = self.load()
+            if not self._cases:
+                raise DataError(f"dataset {self.name!r}: no cases found (root={self.root})")
+        return self._cases
+
+    def content_hash(self) -> str:
+        """Identity of the data actually served: override to hash source files."""
+        return stable_hash({"name": self.name, "version": self.version, "params": self.params,
+                            "root": str(self.root) if self.root else None})
+
+    def make_split(self, cases: Sequence[Case], seed: int) -> Split:
+        """Default: seeded 70/10/20 split over groups (patients), so no group straddles splits."""
+        return grouped_random_split(cases, seed)
+
+    def split(self, seed: int) -> Split:
+        path = self.cache_dir / "splits" / f"{self.name}-{self.content_hash()[:12]}-seed{seed}.json"
+        if path.exists():
+            return Split.from_dict(json.loads(path.read_text()))
+        split = self.make_split(self.cases(), seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(split.as_dict(), indent=1))
+        tmp.replace(path)
+        return split
+
+
+def grouped_random_split(cases: Sequence[Case], seed: int, fractions: tuple[float, float] = (0.7, 0.1)) -> Split:
+    groups = sorted({c.group or c.volume or c.case_id for c in cases})
+    random.Random(seed).shuffle(groups)
+    n_train = max(1, round(fractions[0] * len(groups)))
+    n_val = round(fractions[1] * len(groups)) if len(groups) > 2 else 0
+    part = {g: 0 for g in groups[:n_train]} | {g: 1 for g in groups[n_train:n_train + n_val]}
+    out: list[list[str]] = [[], [], []]
+    for c in cases:
+        out[part.get(c.group or c.volume or c.case_id, 2)].append(c.case_id)
+    return Split(tuple(out[0]), tuple(out[1]), tuple(out[2]), "seeded")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SEGARENA_CACHE", Path.home() / ".cache" / "segarena"))
+
+
+def stable_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()

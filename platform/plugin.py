@@ -1,0 +1,176 @@
+"""The method plugin contract (DESIGN.md): what a lab implements, frozen by ``API_VERSION``.
+
+Plugins never import Ray or MLflow. The harness owns devices, DDP wrapping, data loading,
+checkpoints, logging, evaluation and timing; a plugin owns its networks, losses and sampling.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+API_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a method must solve, derived from the dataset: the constructor's second argument.
+
+    ``num_classes`` counts foreground classes only; masks are (C, H, W) binary channels,
+    one per foreground class (overlapping regions such as BraTS WT/TC/ET are allowed).
+    """
+
+    in_channels: int
+    num_classes: int
+    image_size: tuple[int, int]
+    spacing: tuple[float, ...] | None = None
+    class_names: tuple[str, ...] = ()
+    exclusive: bool = True  # classes never overlap (softmax-style); False for nested regions
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One inference budget: sampler × steps × ensemble size. ``nfe`` = steps × ensemble."""
+
+    steps: int = 1
+    ensemble: int = 1
+    sampler: str = "direct"
+
+    @property
+    def name(self) -> str:
+        if self.sampler == "direct" and self.steps == 1:
+            return f"direct-e{self.ensemble}"
+        return f"{self.sampler}{self.steps}-e{self.ensemble}"
+
+    @property
+    def nfe(self) -> int:
+        return self.steps * self.ensemble
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"sampler": self.sampler, "steps": self.steps, "ensemble": self.ensemble}
+
+
+@dataclass
+class Prediction:
+    """Typed output of ``predict``.
+
+    probs: foreground probabilities in [0, 1], (B, C, H, W).
+    mask: the method's hard mask (it owns binarisation/fusion), (B, C, H, W), bool.
+    nfe: denoiser forward passes per image for this call.
+    members: hard masks of each ensemble member (E, B, C, H, W) for stochastic methods.
+    extra_calls: other network passes per image counted separately (e.g. ``{"decoder": 1}``).
+    """
+
+    probs: torch.Tensor
+    mask: torch.Tensor
+    nfe: int
+    members: torch.Tensor | None = None
+    extra_calls: dict[str, int] = field(default_factory=dict)
+
+
+class MethodPlugin(ABC):
+    """Base class of every segmentation method.
+
+    Subclasses set the class attributes and implement the abstract methods. ``modules()``
+    names attributes of ``self``: the harness may replace them in place (device move, DDP
+    wrapping), so always reach networks through ``self.<name>``.
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[str] = "0.1.0"
+    paper: ClassVar[str] = ""
+    api_version: ClassVar[int] = API_VERSION
+    stochastic: ClassVar[bool] = False
+
+    def __init__(self, hparams: dict[str, Any], task: Task) -> None:
+        self.hparams = dict(hparams)
+        self.task = task
+
+    @classmethod
+    @abstractmethod
+    def profiles(cls) -> dict[str, dict[str, Any]]:
+        """Named hyperparameter sets as plain data; at least ``tiny`` and ``paper``.
+
+        Harness-read keys: ``batch_size`` (training batch), ``image_size`` (optional).
+        """
+
+    @classmethod
+    def search_space(cls) -> dict[str, Any]:
+        """Hyperparameters worth tuning, as ``segarena.platform.search_space`` distributions."""
+        return {}
+
+    @classmethod
+    def budgets(cls, profile: str) -> list[Budget]:
+        """Inference budgets evaluated for a profile; one-shot methods keep the default."""
+        return [Budget()]
+
+    @abstractmethod
+    def modules(self) -> dict[str, nn.Module]:
+        """Every trainable module, keyed by the attribute name that holds it."""
+
+    @abstractmethod
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Every optimizer, keyed by name (checkpointed by the harness)."""
+
+    @abstractmethod
+    def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One optimisation step on ``{"image": (B,Cin,H,W), "mask": (B,C,H,W)}``; runs its own backward."""
+
+    @abstractmethod
+    def predict(
+        self, images: torch.Tensor, budget: Budget, generator: torch.Generator | None = None
+    ) -> Prediction:
+        """Segment ``images`` under ``budget``; deterministic for a given generator state."""
+
+    # Optional hooks -------------------------------------------------------------------
+    def extra_state(self) -> dict[str, Any]:
+        """Non-module state to checkpoint (e.g. a latent scale factor, a step counter)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``extra_state`` returned."""
+
+    def train(self, mode: bool = True) -> MethodPlugin:
+        for module in self.modules().values():
+            module.train(mode)
+        return self
+
+    def eval(self) -> MethodPlugin:
+        return self.train(False)
+
+    # Checkpointing (harness-facing, overridable) ---------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "modules": {k: unwrap(m).state_dict() for k, m in self.modules().items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers().items()},
+            "extra": self.extra_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, m in self.modules().items():
+            unwrap(m).load_state_dict(state["modules"][k])
+        for k, o in self.optimizers().items():
+            o.load_state_dict(state["optimizers"][k])
+        self.load_extra_state(state.get("extra", {}))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for m in self.modules().values() for p in m.parameters())
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The bare module under a DDP wrapper."""
+    return getattr(module, "module", module)
+
+
+def threshold_probs(probs: torch.Tensor, exclusive: bool) -> torch.Tensor:
+    """Hard mask from foreground probabilities: argmax with background when classes are
+    exclusive, else 0.5 per channel. Shared by one-shot baselines."""
+    if not exclusive or probs.shape[1] == 1:
+        return probs > 0.5
+    background = (1 - probs.sum(1, keepdim=True)).clamp_min(0)
+    labels = torch.cat([background, probs], 1).argmax(1)
+    return torch.stack([labels == c + 1 for c in range(probs.shape[1])], 1)
