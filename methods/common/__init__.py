@@ -1,0 +1,1 @@
+"""Helpers shared by the diffusion methods (mask scaling, ensemble fusion)."""
