@@ -7,7 +7,7 @@ import json
 import os
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -34,6 +34,7 @@ class Case:
     group: str | None = None
     volume: str | None = None
     slice_index: int | None = None
+    subset: str | None = None  # official split membership (train | val | test) where the release defines one
 
 
 @dataclass(frozen=True)
@@ -65,11 +66,15 @@ class DatasetPlugin(ABC):
     citation: ClassVar[str] = ""
     description: ClassVar[str] = ""
     paper: ClassVar[str] = ""  # shown by `plugins list`; defaults to the citation
+    notice: ClassVar[str] = ""  # the attribution the licence requires to be shown
     api_version: ClassVar[int] = API_VERSION
     root_env: ClassVar[str | None] = None  # environment variable giving the root folder
 
     def __init__(self, root: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
                  **params: Any) -> None:
+        if root is None and params.get("path") is not None:  # a suite's `path:` is the root
+            root = params.pop("path")
+        params.pop("path", None)
         if root is None and self.root_env:
             root = os.environ.get(self.root_env)
         self.root = Path(root) if root is not None else None
@@ -91,6 +96,16 @@ class DatasetPlugin(ABC):
             if not self._cases:
                 raise DataError(f"dataset {self.name!r}: no cases found (root={self.root})")
         return self._cases
+
+    @classmethod
+    def card(cls) -> dict[str, str]:
+        """What `segarena datasets show` prints: the dataset card."""
+        return {"name": cls.name, "version": cls.version, "modality": cls.modality, "licence": cls.licence,
+                "notice": cls.notice, "citation": cls.citation, "description": cls.description}
+
+    def cache_status(self) -> str:
+        """Whether preprocessed cases are cached; generated datasets are never cached."""
+        return "not cached (generated in memory)"
 
     def content_hash(self) -> str:
         """Identity of the data actually served: override to hash source files."""
@@ -123,6 +138,59 @@ def grouped_random_split(cases: Sequence[Case], seed: int, fractions: tuple[floa
     for c in cases:
         out[part.get(c.group or c.volume or c.case_id, 2)].append(c.case_id)
     return Split(tuple(out[0]), tuple(out[1]), tuple(out[2]), "seeded")
+
+
+def official_split(cases: Sequence[Case], seed: int, val_fraction: float = 0.1) -> Split:
+    """The release's own train/test (and val, when it has one); a seeded, grouped val is carved
+    out of train otherwise. Cases without ``subset`` fall back to ``grouped_random_split``."""
+    if not any(c.subset == "test" for c in cases):
+        return grouped_random_split(cases, seed)
+    train = [c for c in cases if c.subset not in ("val", "test")]
+    val = [c for c in cases if c.subset == "val"]
+    if not val:
+        inner = grouped_random_split(train, seed, (1 - val_fraction, 0.0))
+        val_ids = set(inner.test)
+        val = [c for c in train if c.case_id in val_ids]
+        train = [c for c in train if c.case_id not in val_ids]
+    test = [c for c in cases if c.subset == "test"]
+    return Split(*(tuple(c.case_id for c in part) for part in (train, val, test)), "official")
+
+
+def block_split(cases: Sequence[Case], seed: int, gap: int = 5, fractions: tuple[float, float] = (0.7, 0.1),
+                key: Callable[[Case], int] | None = None) -> Split:
+    """Contiguous blocks along one axis for a single volume/image: a seeded test block, a val block
+    beside it, train elsewhere, and at least ``gap`` positions left out between any two parts, so
+    neighbouring (near-identical) slices never sit on both sides. ``key`` gives a case's position
+    (default: ``slice_index``)."""
+    pos_of = key or (lambda c: int(c.slice_index if c.slice_index is not None else 0))
+    positions = sorted({pos_of(c) for c in cases})
+    n = len(positions)
+    n_test = max(1, round((1 - sum(fractions)) * n))
+    n_val = max(1, round(fractions[1] * n)) if fractions[1] > 0 else 0
+    if n_test + n_val + 1 + 2 * (gap + 1) > n:
+        raise DataError(f"block split: {n} positions cannot hold test {n_test} + val {n_val} + train with "
+                        f"gaps of {gap}")
+    rng = random.Random(seed)
+    t0 = rng.randint(0, n - n_test)
+    test = positions[t0:t0 + n_test]
+    if t0 >= n - t0 - n_test:  # more room on the left: val goes there
+        val = positions[max(0, t0 - gap - 1 - n_val):max(0, t0 - gap - 1)]
+    else:
+        val = positions[t0 + n_test + gap + 1:t0 + n_test + gap + 1 + n_val]
+
+    def clear_of(p: int, block: list[int]) -> bool:
+        return all(abs(p - q) > gap for q in block)
+
+    val = [p for p in val if clear_of(p, test)]
+    parts: dict[int, int] = {p: 2 for p in test} | {p: 1 for p in val}
+    out: list[list[str]] = [[], [], []]
+    for c in cases:
+        p = pos_of(c)
+        if p in parts:
+            out[parts[p]].append(c.case_id)
+        elif clear_of(p, test + val):
+            out[0].append(c.case_id)
+    return Split(tuple(out[0]), tuple(out[1]), tuple(out[2]), "blocks")
 
 
 def default_cache_dir() -> Path:

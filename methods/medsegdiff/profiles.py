@@ -1,0 +1,58 @@
+"""MedSegDiff profiles, budgets and search space as plain data (spec medsegdiff.md §6.3).
+
+``paper`` is MedSegDiff-B as in the official README command; ``tiny`` is a 2-core-CPU model
+(~10⁵ parameters) that keeps every switch of the paper model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from segarena.platform.plugin import Budget
+from segarena.platform.search_space import Choice, LogUniform
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "image_size": 64, "model_channels": 16, "channel_mult": [1, 2, 2], "num_res_blocks": 1,
+        "attention_resolutions": [], "num_heads": 1, "norm_groups": 8, "dropout": 0.0, "scale_shift": False,
+        "cond_base": 8, "cond_max": 32, "cond_stages": 3, "cond_dropout": 0.0, "cond_norm": "instance",
+        "conditioning": "paper", "fusion_stages": [1], "ffparser_init": "identity", "concat_image": False,
+        "cal_head": False, "lambda_cal": 10.0, "cal_loss": "mse", "final_output": "diffusion",
+        "timesteps": 100, "mask_scale": "pm1", "ensemble_fusion": "mean",
+        "lr": 1e-3, "weight_decay": 0.0, "batch_size": 2, "max_iterations": 50,
+    },
+    "paper": {
+        "image_size": 256, "model_channels": 128, "channel_mult": [1, 1, 2, 2, 4, 4], "num_res_blocks": 2,
+        "attention_resolutions": [16], "num_heads": 1, "norm_groups": 32, "dropout": 0.0, "scale_shift": False,
+        "cond_base": 32, "cond_max": 480, "cond_stages": 5, "cond_dropout": 0.5, "cond_norm": "batch",
+        "conditioning": "paper", "fusion_stages": [2, 3], "ffparser_init": "official", "concat_image": False,
+        "cal_head": False, "lambda_cal": 10.0, "cal_loss": "mse", "final_output": "diffusion",
+        "timesteps": 1000, "mask_scale": "pm1", "ensemble_fusion": "mean",
+        "lr": 1e-4, "weight_decay": 0.0, "batch_size": 8, "max_iterations": 100_000,
+    },
+}
+
+# The official code's behaviour where segarena deviates on purpose (card: README.md).
+OFFICIAL_SWITCHES: dict[str, Any] = {
+    "conditioning": "official_gate", "ffparser_init": "official", "concat_image": True, "cal_head": True,
+    "cal_loss": "mse", "lambda_cal": 10.0, "mask_scale": "01", "final_output": "official_v1_mix",
+    "ensemble_fusion": "official_sq", "cond_dropout": 0.5, "cond_norm": "batch",
+}
+
+BUDGETS: dict[str, list[Budget]] = {
+    "tiny": [Budget(steps=s, ensemble=e, sampler="ddim") for s in (5, 10) for e in (1, 3)],
+    "paper": [Budget(steps=10, ensemble=1, sampler="ddim"), Budget(steps=50, ensemble=1, sampler="ddim"),
+              Budget(steps=50, ensemble=5, sampler="ddim"), Budget(steps=100, ensemble=5, sampler="ddim"),
+              Budget(steps=100, ensemble=25, sampler="ddim"), Budget(steps=1000, ensemble=5, sampler="ddpm")],
+}
+
+
+def search_space() -> dict[str, Any]:
+    """Learning rate plus the fusion/FF-Parser switches worth tuning (tune at DDIM 10 x 1)."""
+    return {
+        "lr": LogUniform(2e-5, 2e-3),
+        "conditioning": Choice(["paper", "official_gate"]),
+        "ffparser_init": Choice(["identity", "official"]),
+        "dropout": Choice([0.0, 0.1]),
+        "cal_head": Choice([False, True]),
+    }

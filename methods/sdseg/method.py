@@ -1,0 +1,223 @@
+"""SDSeg plugin: latent diffusion on masks with a single-step reverse process (Lin et al., MICCAI 2024).
+
+Two stages inside one run, counted by ``training_step``: (1) the mask autoencoder trains for
+``ae_steps`` steps (skipped when ``ae_checkpoint`` gives local weights), then is frozen; (2) at
+the first diffusion step the condition encoder is initialised from the autoencoder's encoder and
+the latent scale factor is measured (1/std of the batch's mask latents); both stage and scale
+factor are checkpointed through ``extra_state``. Multi-class tasks use one class-conditioned
+denoiser, one class per sample in training and one pass per class at inference (nfe x classes).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from segarena.methods.common.ensemble import fuse
+from segarena.methods.sdseg.autoencoder import (
+    ae_loss,
+    ae_output_to_probs,
+    build_autoencoder,
+    load_autoencoder_weights,
+    masks_to_ae_input,
+)
+from segarena.methods.sdseg.condition import ConditionEncoder
+from segarena.methods.sdseg.ema import ParamEMA
+from segarena.methods.sdseg.latent import (
+    build_denoiser,
+    build_scheduler,
+    estimate_clean_latent,
+    sample_ddim,
+    sample_direct,
+)
+from segarena.methods.sdseg.profiles import BUDGETS, PROFILES, SEARCH_SPACE
+from segarena.platform.plugin import Budget, MethodPlugin, Prediction, Task, threshold_probs, unwrap
+from torch.func import functional_call
+
+AE_STAGE, DIFFUSION_STAGE = 1, 2
+
+
+class SDSegMethod(MethodPlugin):
+    name: ClassVar[str] = "sdseg"
+    version: ClassVar[str] = "0.1.0"
+    paper: ClassVar[str] = ("Lin, Chen, Yan, Yu, Zheng. Stable Diffusion Segmentation for Biomedical Images with "
+                            "Single-step Reverse Process. MICCAI 2024")
+    stochastic: ClassVar[bool] = True
+    denoiser: ClassVar[str] = "unet"
+
+    def __init__(self, hparams: dict[str, Any], task: Task) -> None:
+        super().__init__(hparams, task)
+        hp = self.hparams
+        self.ae = build_autoencoder(hp)
+        self.cond = ConditionEncoder(self.ae.encoder, task.in_channels, hp["latent_channels"], hp["cond_dropout"])
+        self.unet = build_denoiser(hp, hp["latent_channels"], task.num_classes)
+        self.scheduler = build_scheduler(hp)
+        self.ae_opt = torch.optim.AdamW(self.ae.parameters(), lr=hp["ae_lr"])
+        self.opt = torch.optim.AdamW(
+            [{"params": self.unet.parameters(), "lr": hp["lr"]},
+             {"params": self.cond.parameters(), "lr": hp["lr"] * hp["cond_lr_mult"]}],
+            weight_decay=hp["weight_decay"])
+        self.base_lrs = [g["lr"] for g in self.opt.param_groups]
+        self.ema = ParamEMA(hp["ema_decay"])
+        self.step = 0
+        self.stage = AE_STAGE
+        self.scale_factor = 1.0  # identity until measured, so predict works at any stage
+        self.scale_measured = False
+        if hp.get("ae_checkpoint"):
+            load_autoencoder_weights(self.ae, hp["ae_checkpoint"])
+            self._freeze_autoencoder()
+
+    @classmethod
+    def profiles(cls) -> dict[str, dict[str, Any]]:
+        return {k: dict(v) for k, v in PROFILES.items()}
+
+    @classmethod
+    def search_space(cls) -> dict[str, Any]:
+        return dict(SEARCH_SPACE)
+
+    @classmethod
+    def budgets(cls, profile: str) -> list[Budget]:
+        return list(BUDGETS.get(profile, BUDGETS["tiny"]))
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"ae": self.ae, "cond": self.cond, "unet": self.unet}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"ae_opt": self.ae_opt, "opt": self.opt}
+
+    # state -----------------------------------------------------------------------------
+    def extra_state(self) -> dict[str, Any]:
+        return {"step": self.step, "stage": self.stage, "scale_factor": self.scale_factor,
+                "scale_measured": self.scale_measured, "ema": self.ema.state()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.step = int(state.get("step", 0))
+        self.stage = int(state.get("stage", AE_STAGE))
+        self.scale_factor = float(state.get("scale_factor", 1.0))
+        self.scale_measured = bool(state.get("scale_measured", False))
+        self.ema.load(state.get("ema", {}))
+        if self.stage == DIFFUSION_STAGE:
+            unwrap(self.ae).requires_grad_(False).eval()
+
+    def train(self, mode: bool = True) -> SDSegMethod:
+        super().train(mode)
+        if self.stage == DIFFUSION_STAGE:
+            self.ae.eval()  # frozen autoencoder stays in eval mode
+        return self
+
+    # training --------------------------------------------------------------------------
+    def _freeze_autoencoder(self) -> None:
+        """End of stage 1: freeze the autoencoder and start the condition encoder from its encoder."""
+        ae = unwrap(self.ae)
+        ae.requires_grad_(False).eval()
+        unwrap(self.cond).init_from(ae.encoder)
+        self.stage = DIFFUSION_STAGE
+        self.diffusion_start = self.step
+
+    def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        image, mask = batch["image"], batch["mask"]
+        if self.hparams["flip"]:
+            image, mask = _random_flips(image, mask)
+        if self.stage == AE_STAGE:
+            logs = self._autoencoder_step(mask)
+            if self.step + 1 >= self.hparams["ae_steps"]:
+                self._freeze_autoencoder()
+        else:
+            logs = self._diffusion_step(image, mask)
+        self.step += 1
+        return {**logs, "stage": float(logs.get("stage", self.stage))}
+
+    def _autoencoder_step(self, mask: torch.Tensor) -> dict[str, float]:
+        x = masks_to_ae_input(mask.flatten(0, 1))  # every class channel is a binary mask
+        loss, logs = ae_loss(self.ae, x, self.hparams["ae_kl_weight"])
+        self.ae_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.ae_opt.step()
+        return {**logs, "stage": float(AE_STAGE)}
+
+    def _diffusion_step(self, image: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+        hp = self.hparams
+        labels = _pick_classes(mask) if self.task.num_classes > 1 else None
+        target = mask[torch.arange(mask.shape[0], device=mask.device), labels if labels is not None else 0]
+        with torch.no_grad():
+            z0 = unwrap(self.ae).encode_stage_2_inputs(masks_to_ae_input(target))
+            if not self.scale_measured:  # official scale_by_std: first diffusion batch, once
+                self.scale_factor = float(1.0 / z0.flatten().std().clamp_min(1e-6))
+                self.scale_measured = True
+            z0 = z0 * self.scale_factor
+        noise = torch.randn_like(z0)
+        t = torch.randint(0, self.scheduler.num_train_timesteps, (z0.shape[0],), device=z0.device)
+        z_t = self.scheduler.add_noise(z0, noise, t)
+        eps = self.unet(torch.cat([z_t, self.cond(image)], 1), t, class_labels=labels)
+        z0_hat = estimate_clean_latent(self.scheduler.alphas_cumprod, z_t, eps, t)
+        loss_eps = F.l1_loss(eps, noise)
+        loss_z0 = F.l1_loss(z0_hat, z0)
+        loss = loss_eps + hp["latent_loss_weight"] * loss_z0
+        warm = self._warmup()
+        for group, base in zip(self.opt.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base * warm
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        if self.ema.enabled:
+            self.ema.update({"unet": unwrap(self.unet), "cond": unwrap(self.cond)})
+        return {"loss": loss.item(), "loss_eps": loss_eps.item(), "loss_z0": loss_z0.item(),
+                "lr": self.opt.param_groups[0]["lr"], "scale_factor": self.scale_factor}
+
+    def _warmup(self) -> float:
+        """Official LambdaLinearScheduler: linear from 1e-6 to 1 over ``warmup_steps``, then constant."""
+        n = self.hparams["warmup_steps"]
+        done = self.step - getattr(self, "diffusion_start", self.step)
+        return 1.0 if n <= 0 or done >= n else 1e-6 + (1 - 1e-6) * done / n
+
+    # inference -------------------------------------------------------------------------
+    def predict(self, images: torch.Tensor, budget: Budget, generator: torch.Generator | None = None) -> Prediction:
+        e, (b, c) = budget.ensemble, (images.shape[0], self.task.num_classes)
+        unet, cond = unwrap(self.unet), unwrap(self.cond)
+        unet_params, cond_params = self.ema.params("unet", unet), self.ema.params("cond", cond)
+        cimg = functional_call(cond, cond_params, (images,)) if cond_params else cond(images)
+        n = e * b * c  # rows ordered (member, image, class): one batch for the whole ensemble
+        condition = cimg[None, :, None].expand(e, -1, c, -1, -1, -1).reshape(n, *cimg.shape[1:])
+        labels = torch.arange(c, device=images.device).repeat(e * b) if c > 1 else None
+
+        def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            x = torch.cat([z, condition], 1)
+            kwargs = {"class_labels": labels}
+            return functional_call(unet, unet_params, (x, t), kwargs) if unet_params else unet(x, t, **kwargs)
+
+        gen_device = generator.device if generator is not None else images.device
+        z_T = torch.randn((n, *cimg.shape[1:]), generator=generator, device=gen_device).to(images.device)
+        if budget.sampler == "direct":
+            if budget.steps != 1:
+                raise ValueError(f"sdseg: the direct sampler takes exactly one step, not {budget.steps}")
+            z0 = sample_direct(denoise, z_T, self.scheduler.alphas_cumprod)
+        elif budget.sampler == "ddim":
+            z0 = sample_ddim(denoise, z_T, self.hparams, budget.steps, generator)
+        else:
+            raise ValueError(f"sdseg: unknown sampler {budget.sampler!r} (direct, ddim)")
+        decoded = unwrap(self.ae).decode_stage_2_outputs(z0 / self.scale_factor)
+        member_probs = ae_output_to_probs(decoded).view(e, b, c, *images.shape[-2:])
+        probs, mask = fuse(member_probs, self.hparams["fusion"])
+        exclusive = self.task.exclusive and c > 1
+        if exclusive:
+            mask = threshold_probs(probs, True)
+        members = threshold_probs(member_probs.flatten(0, 1), True).view_as(member_probs) if exclusive \
+            else member_probs > 0.5
+        return Prediction(probs=probs, mask=mask, nfe=budget.nfe * c, members=members,
+                          extra_calls={"decoder": e * c, "condition_encoder": 1})
+
+
+def _pick_classes(mask: torch.Tensor) -> torch.Tensor:
+    """One class per sample, uniformly among the classes present (any class when none is)."""
+    present = mask.flatten(2).amax(2) > 0
+    weights = torch.where(present.any(1, keepdim=True), present.float(), torch.ones_like(present, dtype=torch.float))
+    return torch.multinomial(weights, 1).squeeze(1)
+
+
+def _random_flips(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The official augmentation: random horizontal and vertical flips (whole batch)."""
+    for dim in (-1, -2):
+        if torch.rand(()) < 0.5:
+            image, mask = image.flip(dim), mask.flip(dim)
+    return image, mask

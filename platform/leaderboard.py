@@ -1,0 +1,149 @@
+"""Leaderboards computed from the tracking store alone, recomputed from per-case data (nnU-Net style).
+
+Per (suite, dataset): methods × budgets ranked by seed-averaged Dice, with mean ± std over seeds
+of dice, iou, hd95 (recomputed from ``per_case.parquet``), latency_ms and nfe (logged), and the
+number of seeds. Failed cells are listed, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from segarena.platform.errors import SegarenaError
+from segarena.platform.tracking import KIND_EVAL, KIND_TRAIN, PREFIX, STATUS_FINISHED, Tracker
+
+SCORES = ("dice", "iou", "hd95")
+COSTS = ("latency_ms", "nfe")
+KEYS = ["suite", "dataset", "method", "profile", "budget"]
+
+
+def _tag(run, name: str) -> str | None:
+    return run.data.tags.get(PREFIX + name)
+
+
+def seed_scores(tracker: Tracker, suite: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One row per (suite, dataset, method, profile, budget, seed) with scores recomputed from
+    per-case rows, and one row per failed cell (not superseded by a finished run)."""
+    exps = tracker.experiments()
+    if suite is not None:
+        exps = [e for e in exps if e.name == suite]
+        if not exps:
+            known = ", ".join(sorted(e.name for e in tracker.experiments())) or "none"
+            raise SegarenaError(f"no suite {suite!r} in the tracking store {tracker.uri} (suites: {known})")
+    ids = [e.experiment_id for e in exps]
+    train_runs = tracker.runs(ids, KIND_TRAIN)
+    finished_parents = {r.info.run_id for r in train_runs
+                        if r.info.status == "FINISHED" and _tag(r, "status") == STATUS_FINISHED}
+    finished_cells = {_tag(r, "cell") for r in train_runs if r.info.run_id in finished_parents}
+    rows, seen = [], set()
+    evals = sorted(tracker.runs(ids, KIND_EVAL), key=lambda r: -r.info.start_time)
+    for run in evals:
+        if _tag(run, "parent") not in finished_parents or run.info.status != "FINISHED":
+            continue
+        key = (_tag(run, "suite"), _tag(run, "dataset"), _tag(run, "method"), _tag(run, "profile"),
+               _tag(run, "budget"), _tag(run, "seed"))
+        if key in seen:
+            continue  # an older run of the same cell and budget
+        seen.add(key)
+        per_case = tracker.load_table(run.info.run_id)
+        case_scores = per_case.groupby("case_id")[list(SCORES)].mean()
+        row = dict(zip([*KEYS, "seed"], key, strict=True))
+        row.update({k: float(case_scores[k].mean()) for k in SCORES})
+        row.update({k: run.data.metrics.get(k, np.nan) for k in COSTS})
+        row["hd95_unit"] = per_case["hd95_unit"].iloc[0] if len(per_case) else ""
+        row["n_cases"] = len(case_scores)
+        row["run_id"] = run.info.run_id
+        rows.append(row)
+    failures = []
+    for run in sorted(train_runs, key=lambda r: -r.info.start_time):
+        if run.info.status == "FAILED" and _tag(run, "cell") not in finished_cells:
+            failures.append({"suite": _tag(run, "suite"), "dataset": _tag(run, "dataset"),
+                             "method": _tag(run, "method"), "seed": _tag(run, "seed"),
+                             "error": _tag(run, "error") or "", "run_id": run.info.run_id})
+    failed = pd.DataFrame(failures, columns=["suite", "dataset", "method", "seed", "error", "run_id"])
+    failed = failed.drop_duplicates(["suite", "dataset", "method", "seed"])
+    return pd.DataFrame(rows, columns=[*KEYS, "seed", *SCORES, *COSTS, "hd95_unit", "n_cases", "run_id"]), failed
+
+
+def leaderboard(tracker: Tracker, suite: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The ranked board (mean ± std over seeds) and the failed cells."""
+    seeds, failed = seed_scores(tracker, suite)
+    if seeds.empty:
+        board = pd.DataFrame(columns=["suite", "dataset", "rank", "method", "profile", "budget"])
+        return board, failed
+    agg = {f"{k}_{s}": (k, s) for k in (*SCORES, *COSTS) for s in ("mean", "std")}
+    board = seeds.groupby(KEYS, dropna=False).agg(**agg, n_seeds=("seed", "nunique"), n_cases=("n_cases", "max"),
+                                                  hd95_unit=("hd95_unit", "first")).reset_index()
+    board = board.fillna({f"{k}_std": 0.0 for k in (*SCORES, *COSTS)})
+    board = board.sort_values(["suite", "dataset", "dice_mean", "hd95_mean"], ascending=[True, True, False, True])
+    board.insert(2, "rank", board.groupby(["suite", "dataset"]).cumcount() + 1)
+    if not failed.empty:
+        counts = failed.groupby(["suite", "dataset", "method"]).size().rename("failed_seeds").reset_index()
+        board = board.merge(counts, on=["suite", "dataset", "method"], how="left")
+        board["failed_seeds"] = board["failed_seeds"].fillna(0).astype(int)
+    else:
+        board["failed_seeds"] = 0
+    return board.reset_index(drop=True), failed
+
+
+def _pm(mean: float, std: float, digits: int) -> str:
+    return "–" if pd.isna(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def display_frame(board: pd.DataFrame) -> pd.DataFrame:
+    out = pd.DataFrame({
+        "suite": board["suite"], "dataset": board["dataset"], "rank": board["rank"], "method": board["method"],
+        "budget": board["budget"],
+        "dice": [_pm(m, s, 4) for m, s in zip(board["dice_mean"], board["dice_std"], strict=True)],
+        "iou": [_pm(m, s, 4) for m, s in zip(board["iou_mean"], board["iou_std"], strict=True)],
+        "hd95": [_pm(m, s, 2) + f" {u}" for m, s, u in zip(board["hd95_mean"], board["hd95_std"], board["hd95_unit"],
+                                                           strict=True)],
+        "latency_ms": [_pm(m, s, 1) for m, s in zip(board["latency_ms_mean"], board["latency_ms_std"], strict=True)],
+        "nfe": board["nfe_mean"].map(lambda v: "–" if pd.isna(v) else f"{v:g}"),
+        "seeds": board["n_seeds"], "cases": board["n_cases"], "failed": board["failed_seeds"]})
+    return out
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def render(board: pd.DataFrame, failed: pd.DataFrame, fmt: str = "table", output: str | None = None) -> str:
+    """The board as text (table/markdown/csv/json) or written to ``output`` (any format; parquet needs it)."""
+    if fmt == "parquet":
+        if not output:
+            raise SegarenaError("--format parquet needs --output FILE")
+        board.to_parquet(output, index=False)
+        return f"wrote {len(board)} rows to {output}"
+    if fmt == "csv":
+        text = board.to_csv(index=False)
+    elif fmt == "json":
+        text = json.dumps({"leaderboard": json.loads(board.to_json(orient="records")),
+                           "failed": json.loads(failed.to_json(orient="records"))}, indent=1)
+    elif fmt in ("table", "markdown"):
+        shown = display_frame(board) if not board.empty else board
+        parts = []
+        for (suite, dataset), part in shown.groupby(["suite", "dataset"], sort=True) if not board.empty else []:
+            body = part.drop(columns=["suite", "dataset"])
+            if fmt == "markdown":
+                parts.append(f"### {suite} · {dataset}\n\n{_markdown(body)}")
+            else:
+                parts.append(f"== {suite} · {dataset} ==\n{body.to_string(index=False)}")
+        if not failed.empty:
+            fail = failed.drop(columns=["run_id"])
+            parts.append(("### Failed cells\n\n" + _markdown(fail)) if fmt == "markdown"
+                         else "== failed cells ==\n" + fail.to_string(index=False))
+        text = "\n\n".join(parts) if parts else "(no finished runs yet)"
+    else:
+        raise SegarenaError(f"unknown format {fmt!r} (table, markdown, csv, parquet, json)")
+    if output:
+        Path(output).write_text(text)
+        return f"wrote {output}"
+    return text

@@ -1,0 +1,74 @@
+"""The Ray Tune trainable for one cell: opens the cell's MLflow run, drives a Ray Train
+TorchTrainer (Train V2 inside Tune, specs/stack.md §3), then logs results or the failure."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from segarena.platform.suite import Cell
+from segarena.platform.tracking import Tracker, cell_tags
+from segarena.platform.worker import ERROR_MARK, PER_CASE_FILE, RESULTS_FILE, train_cell
+
+
+def error_line(exc: BaseException) -> str:
+    """The plugin's own error from a Ray TrainingFailedError, as one line."""
+    text = str(exc)
+    if ERROR_MARK in text:
+        return text.split(ERROR_MARK, 1)[1].strip().splitlines()[0]
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return (lines[-1] if lines else type(exc).__name__)[:1000]
+
+
+def run_cell(config: dict[str, Any]) -> None:
+    """Tune function trainable; ``config = {"cell": Cell dict, "settings": runner settings}``."""
+    from ray import train, tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    t0 = time.time()
+    cell, s = Cell.from_dict(config["cell"]), config["settings"]
+    tracker = Tracker(s["tracking_uri"], Path(s["artifact_root"]))
+    tags = cell_tags(cell, s["segarena_version"], s["git_sha"])
+    run_id = tracker.start_cell(s["experiment_id"], cell, tags)
+    res = s["resources"]
+    trainer = TorchTrainer(
+        train_cell,
+        train_loop_config={"cell": cell.as_dict(), "plugin_dirs": s["plugin_dirs"], "cache_dir": s["cache_dir"],
+                           "threads": max(1, int(res["cpus_per_worker"])), "device": s["device"]},
+        scaling_config=train.ScalingConfig(num_workers=res["workers_per_trial"], use_gpu=s["device"] == "cuda",
+                                           resources_per_worker={"CPU": res["cpus_per_worker"],
+                                                                 **({"GPU": res["gpus_per_worker"]}
+                                                                    if res["gpus_per_worker"] else {})}),
+        run_config=train.RunConfig(
+            name=f"cell-{cell.key}",  # stable: a rerun resumes this cell's last checkpoint
+            storage_path=s["storage_path"],
+            failure_config=train.FailureConfig(max_failures=s["failure_retries"]),
+            checkpoint_config=train.CheckpointConfig(num_to_keep=1),
+            callbacks=[TuneReportCallback()]))
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # noqa: BLE001 - recorded as the cell's failure; other cells go on
+        message = error_line(exc)
+        tracker.fail_cell(run_id, message)
+        tune.report({"cell_status": "failed", "error": message})
+        return
+    with result.checkpoint.as_directory() as d:
+        out = json.loads((Path(d) / RESULTS_FILE).read_text())
+        per_case = pd.read_parquet(Path(d) / PER_CASE_FILE)
+    tracker.log_history(run_id, pd.DataFrame(out["history"]))
+    wall = time.time() - t0
+    compute = out["timings"]["train_compute_s"] + out["timings"]["eval_s"]
+    extra = {"harness/cell_wall_s": wall, "harness/compute_s": compute, "harness/overhead_s": wall - compute,
+             "harness/worker_setup_s": out["timings"]["worker_setup_s"], "parameters": float(out["parameters"])}
+    files = {"config.json": {"cell": cell.as_dict(), "cell_key": cell.key, "task": out["task"],
+                             "resources": res, "dataset_hash": out["dataset_hash"]},
+             "environment.json": out["fingerprint"], "split.json": out["split"]}
+    tracker.client.set_tag(run_id, "segarena.dataset_hash", out["dataset_hash"])
+    tracker.finish_cell(s["experiment_id"], run_id, cell, {**tags, "segarena.dataset_hash": out["dataset_hash"]},
+                        out["results"], per_case, files, extra)
+    tune.report({"cell_status": "finished", **extra})
