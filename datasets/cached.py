@@ -16,8 +16,15 @@ from typing import Any, ClassVar
 from segarena.datasets.cache import CaseStore, FileDigests
 from segarena.datasets.preprocess import Preprocess
 from segarena.datasets.validate import require_root
-from segarena.platform.dataset import (Case, DatasetPlugin, Split, block_split, grouped_random_split, official_split,
-                                       stable_hash)
+from segarena.platform.dataset import (
+    Case,
+    DatasetPlugin,
+    Split,
+    block_split,
+    grouped_random_split,
+    official_split,
+    stable_hash,
+)
 from segarena.platform.errors import DataError
 
 

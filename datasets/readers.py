@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-
 from segarena.platform.errors import DataError
 
 
@@ -25,7 +24,7 @@ def read_image(path: Path, mode: str | None = None) -> np.ndarray:
             return np.asarray(im).copy()
     except FileNotFoundError as exc:
         raise DataError(f"{path}: file not found") from exc
-    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad files
+    except Exception as exc:
         raise DataError(f"{path}: unreadable or truncated image ({type(exc).__name__}: {exc})") from exc
 
 
@@ -67,7 +66,7 @@ def read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
         img = nib.load(str(path))
         data = np.asarray(img.dataobj, dtype=np.float32)
         zooms = tuple(float(z) for z in img.header.get_zooms()[:data.ndim])
-    except Exception as exc:  # noqa: BLE001 - gzip, header and array errors alike
+    except Exception as exc:
         raise DataError(f"{path}: unreadable or truncated NIfTI ({type(exc).__name__}: {exc})") from exc
     return data, zooms
 

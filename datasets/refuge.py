@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-
 from segarena.datasets.cached import Source
 from segarena.datasets.photos import PairedImageDataset, files_by_stem, paired_sources
 from segarena.datasets.readers import read_mask_grey
@@ -56,6 +55,8 @@ class REFUGE(PairedImageDataset):
         if target not in TARGETS:
             raise DataError(f"dataset {self.name!r}: target {target!r} not in {sorted(TARGETS)}")
         self.encoding, self.target, self.merge_val = encoding, target, bool(merge_val)
+        if encoding == "inverted":  # 255 cup, rim 127 or 128 depending on the export
+            self.mask_values = (0, 127, 128, 255)
 
     def task(self) -> Task:
         names = TARGETS[self.target]

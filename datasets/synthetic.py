@@ -12,7 +12,6 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from monai.data.synthetic import create_test_image_2d
-
 from segarena.platform.dataset import Case, DatasetPlugin
 from segarena.platform.plugin import Task
 
@@ -38,7 +37,7 @@ class SyntheticShapes(DatasetPlugin):
         rs = np.random.RandomState(self.seed)
         cases = []
         for i in range(self.n_cases):
-            img, seg = create_test_image_2d(self.size, self.size, num_objs=int(rs.randint(1, 4)),
+            _img, seg = create_test_image_2d(self.size, self.size, num_objs=int(rs.randint(1, 4)),
                                             rad_max=max(4, self.size // 6), rad_min=max(2, self.size // 16),
                                             noise_max=0.0, num_seg_classes=1, random_state=rs)
             seg = seg > 0

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from segarena.methods.transunet import TransUNetMethod
 from segarena.methods.transunet.model import TransUNet2D
 from segarena.platform.conformance import MethodConformance, synthetic_batch
@@ -19,7 +18,7 @@ def official_r50_vit_b16_params(n_classes: int = 9, img: int = 224) -> int:
     """Parameter count of Beckschen/TransUNet ``VisionTransformer(R50-ViT-B_16)``, from its architecture
     (vit_seg_modeling*.py): 3-channel BiT ResNetV2 (3, 4, 9), ViT-B, CUP (256, 128, 64, 16), n_skip 3."""
     gn = 2  # GroupNorm / LayerNorm / BatchNorm: weight + bias per channel
-    cnn, cin = 3 * 64 * 49 + gn * 64, 64  # root StdConv 7×7 (no bias) + GN
+    cnn, cin = 3 * 64 * 49 + gn * 64, 64  # root StdConv 7x7 (no bias) + GN
     for stage, units in enumerate((3, 4, 9)):
         cmid, cout = 64 * 2**stage, 256 * 2**stage
         for u in range(units):
@@ -28,10 +27,10 @@ def official_r50_vit_b16_params(n_classes: int = 9, img: int = 224) -> int:
             cnn += (cin * cout + gn * cout) if u == 0 else 0  # projection shortcut
         cin = cout
     h, mlp, tokens = 768, 3072, (img // 16) ** 2
-    embed = 1024 * h + h + tokens * h  # 1×1 patch conv (with bias) + positions
+    embed = 1024 * h + h + tokens * h  # 1x1 patch conv (with bias) + positions
     block = 4 * (h * h + h) + 2 * h * mlp + mlp + h + 2 * gn * h  # q, k, v, out; fc1, fc2; two LayerNorms
     vit = embed + 12 * block + gn * h
-    conv_bn = lambda i, o: 9 * i * o + gn * o  # noqa: E731 - conv3×3 without bias + BatchNorm
+    conv_bn = lambda i, o: 9 * i * o + gn * o  # noqa: E731 - conv3x3 without bias + BatchNorm
     dec = conv_bn(h, 512)
     for i, o, s in zip((512, 256, 128, 64), (256, 128, 64, 16), (512, 256, 64, 0)):
         dec += conv_bn(i + s, o) + conv_bn(o, o)

@@ -1,9 +1,10 @@
 """Time-conditioned discriminator of DDGAN/cDAL: judges (candidate x_t, x_{t+1}) pairs at step t.
 
 The image is not an input. ``features`` returns the start map and every block's output; the
-spatial attention reads one of them (level 0 = full resolution, level k = 1/2^k). Convolutions
-are re-initialised N(0, 0.02) as in the MoNuSeg/CXR training script (this also overrides the
-zero-init of the block's last conv, so D depends on t from the start).
+spatial attention reads one of them (level 0 = full resolution, level k = 1/2^k). ``init_std``
+> 0 re-initialises every conv N(0, init_std) as the MoNuSeg/CXR script does (0.02, which also
+overrides the zero-init of each block's last conv); 0 keeps PyTorch's default init, used by the
+narrow ``tiny`` profile where N(0, 0.02) convs shrink the signal to ~1e-7 logits at start.
 """
 
 from __future__ import annotations
@@ -42,14 +43,14 @@ def minibatch_stddev(h: torch.Tensor, group: int = 4) -> torch.Tensor:
     b, _, hh, ww = h.shape
     g = max(d for d in range(1, min(group, b) + 1) if b % d == 0)
     std = (h.view(g, -1, *h.shape[1:]).var(0, unbiased=False) + 1e-8).sqrt().mean((1, 2, 3))
-    return torch.cat([h, std.view(1, -1, 1, 1).repeat(g, 1, hh, ww)], 1)
+    return torch.cat([h, std.view(-1, 1, 1, 1).repeat(g, 1, hh, ww)], 1)
 
 
 class TimeCondDiscriminator(nn.Module):
     """logit = D(x_t, t, x_{t+1}); ``d_mult`` gives each down block's width in units of ``ngf``."""
 
     def __init__(self, label_channels: int, *, ngf: int, d_mult: Sequence[int], t_emb: int,
-                 resample: str = "fir") -> None:
+                 resample: str = "fir", init_std: float = 0.02) -> None:
         super().__init__()
         self.time = TimeEmbedding(t_emb, t_emb, nn.LeakyReLU(0.2))
         self.start = conv(2 * label_channels, 2 * ngf, 1)
@@ -58,8 +59,8 @@ class TimeCondDiscriminator(nn.Module):
         self.final = conv(widths[-1] + 1, widths[-1])
         self.linear = nn.Linear(widths[-1], 1)
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, 0.0, 0.02)
+            if init_std > 0 and isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, 0.0, init_std)
 
     @property
     def levels(self) -> int:

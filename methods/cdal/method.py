@@ -28,12 +28,12 @@ _COMMON: dict[str, Any] = {"beta_min": 0.1, "beta_max": 20.0, "betas": [0.5, 0.9
 _MONUSEG: dict[str, Any] = {
     **_COMMON, "image_size": 256, "T": 4, "nf": 64, "ch_mult": [1, 1, 1, 2, 2, 4, 4], "num_res_blocks": 2,
     "attn_resolutions": [16, 8], "enc_layers": 5, "enc_blocks": 1, "nz": 100, "z_emb": 256, "n_mlp": 3,
-    "t_emb": 256, "d_ngf": 64, "d_mult": [4, 8, 8, 8, 8, 8], "attn_level": 3, "batch_size": 4,
+    "t_emb": 256, "d_ngf": 64, "d_init_std": 0.02, "d_mult": [4, 8, 8, 8, 8, 8], "attn_level": 3, "batch_size": 4,
     "lr_g": 2e-4, "lr_d": 1e-4, "lazy_reg": 10, "ensembles": [1, 5]}
 PROFILES: dict[str, dict[str, Any]] = {
-    "tiny": {**_COMMON, "image_size": 64, "T": 2, "nf": 16, "ch_mult": [1, 2, 2], "num_res_blocks": 1,
+    "tiny": {**_COMMON, "image_size": 64, "T": 2, "nf": 8, "ch_mult": [1, 2, 2], "num_res_blocks": 1,
              "attn_resolutions": [16], "enc_layers": 1, "enc_blocks": 1, "nz": 16, "z_emb": 32, "n_mlp": 1,
-             "t_emb": 32, "d_ngf": 8, "d_mult": [2, 4, 4], "attn_level": 1, "batch_size": 2,
+             "t_emb": 32, "d_ngf": 8, "d_init_std": 0.0, "d_mult": [2, 4, 4], "attn_level": 1, "batch_size": 2,
              "lr_g": 2e-4, "lr_d": 1e-4, "lazy_reg": 4, "ensembles": [1, 3]},
     "paper": _MONUSEG,
     "paper_cxr": {**_MONUSEG, "T": 2, "nf": 32, "ch_mult": [1, 1, 2, 2, 4, 4], "num_res_blocks": 1,
@@ -76,7 +76,8 @@ class CDALMethod(MethodPlugin):
                                                   **{k: hp[k] for k in _GEN_KEYS})
         self.discriminator: nn.Module = TimeCondDiscriminator(self.label_channels, ngf=hp["d_ngf"],
                                                               d_mult=hp["d_mult"], t_emb=hp["t_emb"],
-                                                              resample=hp["resample"])
+                                                              resample=hp["resample"],
+                                                              init_std=hp["d_init_std"])
         betas = tuple(hp["betas"])
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=hp["lr_g"], betas=betas)
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=hp["lr_d"], betas=betas)

@@ -1,4 +1,4 @@
-"""Cascaded upsampler (CUP): conv_more, then ×2 bilinear upsampling blocks fed by the CNN skips."""
+"""Cascaded upsampler (CUP): conv_more, then x2 bilinear upsampling blocks fed by the CNN skips."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from torch import nn
 
 
 def conv_bn_relu(cin: int, cout: int) -> Convolution:
-    """conv3×3 (no bias) → BatchNorm → ReLU, the official ``Conv2dReLU``."""
+    """conv3x3 (no bias) → BatchNorm → ReLU, the official ``Conv2dReLU``."""
     return Convolution(2, cin, cout, kernel_size=3, act="RELU", norm="BATCH", bias=False)
 
 

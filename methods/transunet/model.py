@@ -1,15 +1,14 @@
-"""TransUNet2D: ResNetV2 stem → ViT over the 1/16 map → cascaded upsampler → conv3×3 head."""
+"""TransUNet2D: ResNetV2 stem → ViT over the 1/16 map → cascaded upsampler → conv3x3 head."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-from torch import nn
-
 from segarena.methods.transunet.decoder import DecoderCup
 from segarena.methods.transunet.resnet_skip import ResNetSkip
 from segarena.methods.transunet.vit import HybridViT
+from torch import nn
 
 
 class TransUNet2D(nn.Module):

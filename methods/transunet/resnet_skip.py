@@ -1,7 +1,7 @@
 """BiT-style ResNetV2 stem of the R50-ViT hybrid (GroupNorm + weight-standardised convs).
 
 Not torchvision's ResNet-50: three stages only (units (3, 4, 9) in the paper model), each unit
-conv1×1–GN–ReLU–conv3×3(stride)–GN–ReLU–conv1×1–GN, then ReLU(shortcut + branch). Returns the
+conv1x1-GN-ReLU-conv3x3(stride)-GN-ReLU-conv1x1-GN, then ReLU(shortcut + branch). Returns the
 1/16 map fed to the ViT and the skips at 1/8, 1/4 and 1/2 for the cascaded upsampler.
 """
 
@@ -28,7 +28,7 @@ class StdConv2d(nn.Conv2d):
 
 
 class Bottleneck(nn.Module):
-    """One ResNetV2 unit; a projection shortcut (conv1×1 + per-channel GroupNorm) when shape changes."""
+    """One ResNetV2 unit; a projection shortcut (conv1x1 + per-channel GroupNorm) when shape changes."""
 
     def __init__(self, cin: int, cout: int, cmid: int, stride: int = 1, groups: int = 32, ws: bool = True) -> None:
         super().__init__()
@@ -52,7 +52,7 @@ class Bottleneck(nn.Module):
 
 
 class ResNetSkip(nn.Module):
-    """Root (7×7 s2) + max-pool + three stages; stage widths 4w, 8w, 16w with bottleneck w, 2w, 4w."""
+    """Root (7x7 s2) + max-pool + three stages; stage widths 4w, 8w, 16w with bottleneck w, 2w, 4w."""
 
     def __init__(self, in_channels: int, width: int = 64, block_units: tuple[int, ...] = (3, 4, 9),
                  groups: int = 32, weight_std: bool = True) -> None:

@@ -1,4 +1,4 @@
-"""ViT over the 1×1 patches of the CNN's 1/16 map (≡ 16×16 image patches), from MONAI TransformerBlocks."""
+"""ViT over the 1x1 patches of the CNN's 1/16 map (≡ 16x16 image patches), from MONAI TransformerBlocks."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from torch import nn
 
 
 class HybridViT(nn.Module):
-    """Patch embedding (conv 1×1) + learnable positions + pre-LN blocks + final LayerNorm.
+    """Patch embedding (conv 1x1) + learnable positions + pre-LN blocks + final LayerNorm.
 
     Dropout as the official model: ``dropout`` on the embeddings and inside the MLP, attention
     weights and attention output at ``attention_dropout`` (0 in the paper config).

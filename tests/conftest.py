@@ -1,0 +1,80 @@
+"""Shared fixtures: one Ray instance per test run (session), folder-plugin factories."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+FOLDER_METHOD = '''
+import torch
+from segarena.platform.plugin import Budget, MethodPlugin, Prediction
+
+
+class {cls}(MethodPlugin):
+    """A one-layer method for tests; `fail` makes training yield NaN (or raise)."""
+    name = "{name}"
+    version = "0.0.1"
+    paper = "test plugin"
+    denoiser = "net"
+
+    def __init__(self, hparams, task):
+        super().__init__(hparams, task)
+        self.net = torch.nn.Conv2d(task.in_channels, task.num_classes, 3, padding=1)
+        self.opt = torch.optim.SGD(self.net.parameters(), lr=hparams["lr"])
+
+    @classmethod
+    def profiles(cls):
+        return {{"tiny": {{"lr": 0.1, "batch_size": 4, "fail": "{fail}"}}, "paper": {{"lr": 0.1, "batch_size": 4,
+                "fail": "{fail}"}}}}
+
+    def modules(self):
+        return {{"net": self.net}}
+
+    def optimizers(self):
+        return {{"opt": self.opt}}
+
+    def training_step(self, batch):
+        if self.hparams["fail"] == "raise":
+            raise ValueError("boom from a plugin")
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(self.net(batch["image"]), batch["mask"])
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        return {{"loss": float("nan") if self.hparams["fail"] == "nan" else loss.item()}}
+
+    def predict(self, images, budget, generator=None):
+        probs = self.net(images).sigmoid()
+        return Prediction(probs=probs, mask=probs > 0.5, nfe=1)
+'''
+
+
+@pytest.fixture
+def make_plugin_dir(tmp_path: Path):
+    """Write a folder plugin: ``make_plugin_dir(name, fail="")`` → the folder."""
+
+    def make(name: str, fail: str = "", folder: str = "plugins", filename: str | None = None) -> Path:
+        d = tmp_path / folder
+        d.mkdir(exist_ok=True)
+        cls = "".join(p.capitalize() for p in name.replace("-", "_").split("_")) + "Method"
+        (d / (filename or f"{name.replace('-', '_')}.py")).write_text(
+            textwrap.dedent(FOLDER_METHOD.format(cls=cls, name=name, fail=fail)))
+        return d
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """The one Ray instance of this test run (2 CPUs, as on CI)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()

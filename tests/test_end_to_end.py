@@ -1,0 +1,68 @@
+"""A tiny suite through real Ray (Tune over Train) and a real SQLite MLflow store, run twice."""
+
+from __future__ import annotations
+
+import pytest
+
+from segarena.platform.leaderboard import leaderboard
+from segarena.platform.runner import run_suite
+from segarena.platform.tracking import KIND_EVAL, KIND_TRAIN, Tracker, cell_tags, default_tracking_uri
+
+SUITE = """
+name: e2e
+methods:
+  - name: unet
+    profile: tiny
+  - name: nanny
+    profile: tiny
+datasets:
+  - name: synthetic
+    params: {size: 32, n_cases: 16}
+seeds: [0]
+epochs: 2
+evaluation: {timing_repeats: 2, timing_warmup: 1, throughput_batch: 2, val_cases: 2}
+"""
+
+
+@pytest.mark.ray
+def test_suite_runs_reruns_without_duplicates_and_ranks(ray_session, tmp_path, make_plugin_dir):
+    plugins = make_plugin_dir("nanny", fail="nan")
+    suite = tmp_path / "e2e.yaml"
+    suite.write_text(SUITE)
+    workdir = tmp_path / "runs"
+    tracker = Tracker(default_tracking_uri(workdir), workdir / "artifacts")
+    exp = tracker.experiment("e2e")
+    # a run left RUNNING by a driver that was killed
+    from segarena.platform.registry import discover
+    from segarena.platform.suite import expand, load_suite
+
+    spec, _ = load_suite(suite)
+    unet_cell = expand(spec, discover([plugins], use_env=False))[0]
+    orphan = tracker.start_cell(exp, unet_cell, cell_tags(unet_cell, "0", "x"))
+
+    lines: list[str] = []
+    first = run_suite(suite, workdir, plugin_dirs=[str(plugins)], echo=lines.append)
+    assert (first.total, first.skipped, first.orphans_marked, first.ran) == (2, 0, 1, 2)
+    assert [label for label, _ in first.failures] == ["nanny × synthetic · seed 0"]
+    assert "nan" in first.failures[0][1].lower()
+    assert any("epoch 2/2" in ln for ln in lines) and any(ln.startswith("[2/2 cells") for ln in lines)
+    assert tracker.client.get_run(orphan).info.status == "FAILED"
+
+    second = run_suite(suite, workdir, plugin_dirs=[str(plugins)], echo=lines.append)
+    assert (second.skipped, second.ran) == (1, 1)  # unet skipped, the failed cell retried
+
+    train = tracker.runs([exp], KIND_TRAIN)
+    finished = [r for r in train if r.info.status == "FINISHED"]
+    assert [r.data.tags["segarena.method"] for r in finished] == ["unet"]
+    evals = tracker.runs([exp], KIND_EVAL)
+    assert len(evals) == 1 and evals[0].data.tags["mlflow.parentRunId"] == finished[0].info.run_id
+    run = finished[0]
+    assert {"dice", "iou", "hd95", "latency_ms", "throughput_ips", "nfe", "peak_mem_mb", "train/loss",
+            "val/dice"} <= set(run.data.metrics)
+    assert run.data.tags["segarena.dataset_hash"]
+    assert 0.0 <= run.data.metrics["dice"] <= 1.0
+
+    board, failed = leaderboard(tracker, "e2e")
+    assert list(board["method"]) == ["unet"] and board.iloc[0]["n_seeds"] == 1
+    assert board.iloc[0]["dice_mean"] == pytest.approx(run.data.metrics["dice"])
+    assert list(failed["method"]) == ["nanny"]
