@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+
 from segarena.datasets.cached import CachedDataset, Source
 from segarena.datasets.readers import read_nifti
 from segarena.datasets.validate import check_finite

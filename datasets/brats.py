@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+
 from segarena.datasets.cached import Source
 from segarena.datasets.volumes import SlicedVolumeDataset
 from segarena.platform.errors import DataError

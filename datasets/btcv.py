@@ -7,6 +7,7 @@ import re
 from typing import Any, ClassVar
 
 import numpy as np
+
 from segarena.datasets.cached import Source
 from segarena.datasets.photos import files_by_stem
 from segarena.datasets.validate import pair_by_id, require_dir

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+
 from segarena.platform.dataset import Case
 
 SHARD_CASES = 256

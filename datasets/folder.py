@@ -7,6 +7,7 @@ import json
 from typing import Any, ClassVar
 
 import numpy as np
+
 from segarena.datasets.cached import Source
 from segarena.datasets.photos import PairedImageDataset, files_by_stem, paired_sources
 from segarena.datasets.validate import require_dir

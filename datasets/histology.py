@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+
 from segarena.datasets.cached import Source
 from segarena.datasets.photos import PairedImageDataset, files_by_stem, paired_sources
 from segarena.datasets.readers import rasterise, read_aperio_polygons, read_mask_grey

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+
 from segarena.datasets.cached import CachedDataset, Source
 from segarena.datasets.preprocess import fit, normalise, scaled_spacing, tiles
 from segarena.datasets.readers import image_channels, read_image, read_mask_grey

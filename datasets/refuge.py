@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+
 from segarena.datasets.cached import Source
 from segarena.datasets.photos import PairedImageDataset, files_by_stem, paired_sources
 from segarena.datasets.readers import read_mask_grey

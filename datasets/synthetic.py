@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from monai.data.synthetic import create_test_image_2d
+
 from segarena.platform.dataset import Case, DatasetPlugin
 from segarena.platform.plugin import Task
 

@@ -12,6 +12,7 @@ from typing import ClassVar
 
 import numpy as np
 import torch
+
 from segarena.datasets.cached import CachedDataset, Source
 from segarena.datasets.preprocess import Preprocess, fit, normalise, scaled_spacing
 from segarena.datasets.readers import read_nifti

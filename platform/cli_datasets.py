@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from segarena.platform.dataset import DatasetPlugin
 
 DEFAULT_WORKDIR = "segarena-runs"

@@ -194,7 +194,7 @@ def run_checks(method_cls: type[MethodPlugin], on_result: Callable[[CheckResult]
         try:
             getattr(suite, name)()
             result = CheckResult(name, True)
-        except Exception as exc:  # noqa: BLE001 - every failure is reported, none stops the run
+        except Exception as exc:
             tb = traceback.extract_tb(exc.__traceback__)[-1]
             result = CheckResult(name, False, f"{type(exc).__name__}: {exc} ({tb.filename}:{tb.lineno})")
         results.append(result)

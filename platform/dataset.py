@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+
 from segarena.platform.errors import DataError
 from segarena.platform.plugin import API_VERSION, Task
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+
 from segarena.platform.conformance import CheckResult, check_names
 from segarena.platform.dataset import Case, DatasetPlugin, Split
 from segarena.platform.plugin import API_VERSION, Task

@@ -131,7 +131,7 @@ class MethodPlugin(ABC):
         """Non-module state to checkpoint (e.g. a latent scale factor, a step counter)."""
         return {}
 
-    def load_extra_state(self, state: dict[str, Any]) -> None:
+    def load_extra_state(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         """Restore what ``extra_state`` returned."""
 
     def train(self, mode: bool = True) -> MethodPlugin:

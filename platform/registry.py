@@ -97,7 +97,7 @@ def discover(plugin_dirs: Sequence[str | os.PathLike] = (), use_env: bool = True
             source = "built-in" if dist == "segarena" else f"entry point {dist}"
             try:
                 cls = ep.load()
-            except Exception as exc:  # noqa: BLE001 - reported with its source
+            except Exception as exc:
                 raise PluginError(f"{kind} plugin {ep.name!r} from {source} ({ep.value}) failed to import: "
                                   f"{type(exc).__name__}: {exc}") from exc
             registry.add(PluginInfo(_checked_name(cls, kind, source, ep.name), kind, cls, source))
@@ -148,7 +148,7 @@ def _import_isolated(path: Path) -> ModuleType:
     sys.modules[mod_name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:  # noqa: BLE001 - any import failure is the plugin's
+    except Exception as exc:
         del sys.modules[mod_name]
         raise PluginError(f"plugin {path} failed to import: {type(exc).__name__}: {exc}") from exc
     return module

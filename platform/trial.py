@@ -52,7 +52,7 @@ def run_cell(config: dict[str, Any]) -> None:
             callbacks=[TuneReportCallback()]))
     try:
         result = trainer.fit()
-    except Exception as exc:  # noqa: BLE001 - recorded as the cell's failure; other cells go on
+    except Exception as exc:
         message = error_line(exc)
         tracker.fail_cell(run_id, message)
         tune.report({"cell_status": "failed", "error": message})

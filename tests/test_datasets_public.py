@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
 from segarena.platform.dataset_conformance import DatasetConformance
 from segarena.platform.errors import DataError
 from segarena.platform.registry import discover

@@ -54,7 +54,7 @@ def test_mni152_counts_shapes_and_fractions(tmp_path):
     assert {c.volume for c in cases} == {"mni152"}
     assert 0.08 < float(fg(cases)) < 0.16
     tissue = REGISTRY.dataset("mni152-tissue")(cache_dir=tmp_path)
-    t1, masks, _, _ = tissue.read_volumes(tissue.sources()[0])
+    _, masks, _, _ = tissue.read_volumes(tissue.sources()[0])
     gm, wm = masks.reshape(2, -1).mean(1)
     assert abs(gm - 0.140) < 0.005 and abs(wm - 0.073) < 0.005  # spec: 78.6 / 14.0 / 7.3 %
     sagittal = REGISTRY.dataset("mni152-gm")(cache_dir=tmp_path, plane="sagittal")
@@ -108,7 +108,7 @@ def test_missing_packages_say_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr(templates, "nilearn_data_folder", lambda: None)
     with pytest.raises(DataError, match=r"pip install nilearn"):
         REGISTRY.dataset("mni152-gm")(cache_dir=tmp_path).cases()
-    with pytest.raises(DataError, match=r"ch2bet.nii.gz is missing"):
+    with pytest.raises(DataError, match=r"ch2.nii.gz is missing"):
         REGISTRY.dataset("colin27-brain")(root=tmp_path, cache_dir=tmp_path).cases()
 
 

@@ -34,7 +34,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "tiny": {**_COMMON, "image_size": 64, "T": 2, "nf": 8, "ch_mult": [1, 2, 2], "num_res_blocks": 1,
              "attn_resolutions": [16], "enc_layers": 1, "enc_blocks": 1, "nz": 16, "z_emb": 32, "n_mlp": 1,
              "t_emb": 32, "d_ngf": 8, "d_init_std": 0.0, "d_mult": [2, 4, 4], "attn_level": 1, "batch_size": 2,
-             "lr_g": 2e-4, "lr_d": 1e-4, "lazy_reg": 4, "ensembles": [1, 3]},
+             "lr_g": 1e-3, "lr_d": 5e-4, "lazy_reg": 4, "ensembles": [1, 3]},
     "paper": _MONUSEG,
     "paper_cxr": {**_MONUSEG, "T": 2, "nf": 32, "ch_mult": [1, 1, 2, 2, 4, 4], "num_res_blocks": 1,
                   "attn_resolutions": [16], "enc_layers": 3, "enc_blocks": 2, "attn_level": 2, "batch_size": 3,

@@ -149,7 +149,7 @@ class MedSegDiffMethod(MethodPlugin):
 def official_v1_mix(sample: torch.Tensor, cal: torch.Tensor) -> torch.Tensor:
     """Official V1 output: dice(sample > ½, cal > ½) < 0.65 → cal + ¼·sample, else ½·cal + ½·sample, clamped."""
     s, c = sample > 0.5, (cal > 0.5).expand_as(sample)
-    dims = tuple(range(2, sample.dim()))
+    dims = (-2, -1)  # per member, image and class
     dice = (2 * (s & c).sum(dims) + 1e-6) / (s.sum(dims) + c.sum(dims) + 1e-6)
     low = (dice < 0.65)[..., None, None]
     return torch.where(low, cal + 0.25 * sample, 0.5 * cal + 0.5 * sample).clamp(0, 1)

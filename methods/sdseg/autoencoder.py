@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from monai.networks.nets import AutoencoderKL
+
 from segarena.methods.common.ensemble import to_prob, to_signed
 
 MASK_CHANNELS = 3

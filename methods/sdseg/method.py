@@ -14,6 +14,8 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from torch.func import functional_call
+
 from segarena.methods.common.ensemble import fuse
 from segarena.methods.sdseg.autoencoder import (
     ae_loss,
@@ -33,7 +35,6 @@ from segarena.methods.sdseg.latent import (
 )
 from segarena.methods.sdseg.profiles import BUDGETS, PROFILES, SEARCH_SPACE
 from segarena.platform.plugin import Budget, MethodPlugin, Prediction, Task, threshold_probs, unwrap
-from torch.func import functional_call
 
 AE_STAGE, DIFFUSION_STAGE = 1, 2
 
@@ -62,6 +63,7 @@ class SDSegMethod(MethodPlugin):
         self.ema = ParamEMA(hp["ema_decay"])
         self.step = 0
         self.stage = AE_STAGE
+        self.diffusion_start = 0  # step at which stage 2 began (warm-up counts from it)
         self.scale_factor = 1.0  # identity until measured, so predict works at any stage
         self.scale_measured = False
         if hp.get("ae_checkpoint"):
@@ -88,12 +90,14 @@ class SDSegMethod(MethodPlugin):
 
     # state -----------------------------------------------------------------------------
     def extra_state(self) -> dict[str, Any]:
-        return {"step": self.step, "stage": self.stage, "scale_factor": self.scale_factor,
+        return {"step": self.step, "stage": self.stage, "diffusion_start": self.diffusion_start,
+                "scale_factor": self.scale_factor,
                 "scale_measured": self.scale_measured, "ema": self.ema.state()}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.step = int(state.get("step", 0))
         self.stage = int(state.get("stage", AE_STAGE))
+        self.diffusion_start = int(state.get("diffusion_start", 0))
         self.scale_factor = float(state.get("scale_factor", 1.0))
         self.scale_measured = bool(state.get("scale_measured", False))
         self.ema.load(state.get("ema", {}))
@@ -119,14 +123,12 @@ class SDSegMethod(MethodPlugin):
         image, mask = batch["image"], batch["mask"]
         if self.hparams["flip"]:
             image, mask = _random_flips(image, mask)
-        if self.stage == AE_STAGE:
-            logs = self._autoencoder_step(mask)
-            if self.step + 1 >= self.hparams["ae_steps"]:
-                self._freeze_autoencoder()
-        else:
-            logs = self._diffusion_step(image, mask)
+        stage = self.stage
+        logs = self._autoencoder_step(mask) if stage == AE_STAGE else self._diffusion_step(image, mask)
         self.step += 1
-        return {**logs, "stage": float(logs.get("stage", self.stage))}
+        if stage == AE_STAGE and self.step >= self.hparams["ae_steps"]:
+            self._freeze_autoencoder()
+        return {**logs, "stage": float(stage)}
 
     def _autoencoder_step(self, mask: torch.Tensor) -> dict[str, float]:
         x = masks_to_ae_input(mask.flatten(0, 1))  # every class channel is a binary mask
@@ -134,7 +136,7 @@ class SDSegMethod(MethodPlugin):
         self.ae_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.ae_opt.step()
-        return {**logs, "stage": float(AE_STAGE)}
+        return logs
 
     def _diffusion_step(self, image: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
         hp = self.hparams
@@ -168,7 +170,7 @@ class SDSegMethod(MethodPlugin):
     def _warmup(self) -> float:
         """Official LambdaLinearScheduler: linear from 1e-6 to 1 over ``warmup_steps``, then constant."""
         n = self.hparams["warmup_steps"]
-        done = self.step - getattr(self, "diffusion_start", self.step)
+        done = self.step - self.diffusion_start
         return 1.0 if n <= 0 or done >= n else 1e-6 + (1 - 1e-6) * done / n
 
     # inference -------------------------------------------------------------------------

@@ -16,7 +16,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "image_size": [64, 64], "batch_size": 4,
         # mask autoencoder, f = 4: 64 px → 4x16x16
         "ae_channels": [16, 32, 32], "ae_res_blocks": 1, "ae_attention": False, "ae_norm_groups": 8,
-        "latent_channels": 4, "ae_steps": 60, "ae_lr": 2e-3, "ae_kl_weight": 1e-6, "ae_checkpoint": None,
+        "latent_channels": 4, "ae_steps": 80, "ae_lr": 1e-3, "ae_kl_weight": 1e-6, "ae_checkpoint": None,
         # latent denoiser
         "unet_channels": [32, 64], "unet_res_blocks": 1, "unet_attention": [False, True], "unet_head_channels": 16,
         "unet_norm_groups": 8, "unet_resblock_updown": False,

@@ -21,7 +21,8 @@ class SupervisedTrainer:
     def setup_training(self, net: torch.nn.Module) -> None:
         hp = self.hparams
         self.softmax = self.task.exclusive and self.task.num_classes > 1
-        self.dice = DiceLoss(softmax=self.softmax, sigmoid=not self.softmax, include_background=not self.softmax)
+        # Batch-wide Dice over every channel, background included when softmax: the official TransUNet loss.
+        self.dice = DiceLoss(softmax=self.softmax, sigmoid=not self.softmax, include_background=True, batch=True)
         self.opt = torch.optim.SGD(net.parameters(), lr=hp["lr"], momentum=hp.get("momentum", 0.9),
                                    weight_decay=hp.get("weight_decay", 1e-4))
         self.iteration = 0
