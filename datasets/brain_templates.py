@@ -47,7 +47,7 @@ class _SingleVolume(CachedDataset):
 
     def task(self) -> Task:
         return Task(in_channels=1, num_classes=len(self.class_names), image_size=(self.prep.size, self.prep.size),
-                    spacing=(256 / self.prep.size, 256 / self.prep.size, 1.0), class_names=self.class_names,
+                    spacing=(256 / self.prep.size, 256 / self.prep.size), class_names=self.class_names,
                     exclusive=self.exclusive)
 
     def default_folder(self) -> Path | None:
@@ -76,7 +76,7 @@ class _SingleVolume(CachedDataset):
         image, mask, brain, zooms = self.read_volumes(source)
         brain_frac = brain.mean(axis=tuple(a for a in range(3) if a != self.axis))
         return volume_slices(source, image, mask, zooms, self.prep, axis=self.axis,
-                             keep=lambda z: bool(brain_frac[z] >= self.min_brain))
+                             keep=lambda z: bool(brain_frac[z] >= self.min_brain), score_as_volume=False)
 
 
 def _read_checked(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
@@ -93,7 +93,7 @@ def nilearn_data_folder() -> Path | None:
 
 class MNI152GreyMatter(_SingleVolume):
     name: ClassVar[str] = "mni152-gm"
-    version: ClassVar[str] = "0.2.0"
+    version: ClassVar[str] = "0.3.0"
     modality: ClassVar[str] = "MRI T1 (skull-stripped template), 1 mm"
     licence: ClassVar[str] = "nilearn BSD-3-Clause; MNI ICBM 2009 template notice (permissive, attribution)"
     notice: ClassVar[str] = MNI_NOTICE
@@ -154,7 +154,7 @@ MRICRON_TEMPLATES = Path("/usr/share/mricron/templates")
 
 class Colin27Brain(_SingleVolume):
     name: ClassVar[str] = "colin27-brain"
-    version: ClassVar[str] = "0.1.0"
+    version: ClassVar[str] = "0.2.0"
     modality: ClassVar[str] = "MRI T1 with skull (Colin27, 27-scan average), 1 mm"
     licence: ClassVar[str] = ("BSD-3-Clause (Debian mricron-data, C. Rorden); Colin27 under the MNI permissive "
                               "notice")

@@ -31,9 +31,13 @@ def plane_axis(plane: str) -> int:
 
 
 def volume_slices(source: Source, image: np.ndarray, mask: np.ndarray, zooms: tuple[float, ...], prep: Preprocess,
-                  axis: int = 2, keep: Callable[[int], bool] | None = None) -> list[Case]:
+                  axis: int = 2, keep: Callable[[int], bool] | None = None, score_as_volume: bool = True) -> list[Case]:
     """image (C, X, Y, Z) and mask (K, X, Y, Z) bool → one case per slice along ``axis``
-    (``keep(index)`` filters). Case ids are ``<case>_<plane-axis><index:03d>``."""
+    (``keep(index)`` filters). Case ids are ``<case>_<plane-axis><index:03d>``.
+
+    ``score_as_volume=False`` makes each slice its own 2D case (in-plane spacing only): for a
+    single-subject template whose block split leaves one volume's worth of test slices.
+    """
     image = np.stack([normalise(ch, prep) for ch in image])
     image, mask = np.moveaxis(image, axis + 1, -1), np.moveaxis(mask, axis + 1, -1)
     in_plane = [a for a in range(3) if a != axis]
@@ -43,11 +47,12 @@ def volume_slices(source: Source, image: np.ndarray, mask: np.ndarray, zooms: tu
         if keep is not None and not keep(z):
             continue
         img, msk, factors = fit(image[..., z], mask[..., z], prep)
+        scaled = scaled_spacing(spacing, factors)
         out.append(Case(case_id=f"{source.case_id}_{'xyz'[axis]}{z:03d}",
                         image=torch.from_numpy(np.ascontiguousarray(img, np.float32)),
                         mask=torch.from_numpy(np.ascontiguousarray(msk)),
-                        spacing=scaled_spacing(spacing, factors), group=source.group or source.case_id,
-                        volume=source.case_id, slice_index=z, subset=source.subset))
+                        spacing=scaled if score_as_volume else scaled[:2], group=source.group or source.case_id,
+                        volume=source.case_id if score_as_volume else None, slice_index=z, subset=source.subset))
     return out
 
 

@@ -50,7 +50,8 @@ def test_mni152_counts_shapes_and_fractions(tmp_path):
     ds = REGISTRY.dataset("mni152-gm")(cache_dir=tmp_path)
     cases = ds.cases()
     assert len(cases) == 136  # axial slices with brain >= 5% (spec)
-    assert cases[0].image.shape == (1, 64, 64) and cases[0].spacing == (4.0, 4.0, 1.0)
+    assert cases[0].image.shape == (1, 64, 64) and cases[0].spacing == (4.0, 4.0)
+    assert cases[0].volume is None  # one template: each slice is scored as its own 2D case
     assert {c.volume for c in cases} == {"mni152"}
     assert 0.08 < float(fg(cases)) < 0.16
     tissue = REGISTRY.dataset("mni152-tissue")(cache_dir=tmp_path)
