@@ -52,7 +52,7 @@ def test_mni152_counts_shapes_and_fractions(tmp_path):
     assert len(cases) == 136  # axial slices with brain >= 5% (spec)
     assert cases[0].image.shape == (1, 64, 64) and cases[0].spacing == (4.0, 4.0)
     assert cases[0].volume is None  # one template: each slice is scored as its own 2D case
-    assert {c.volume for c in cases} == {"mni152"}
+    assert {c.group for c in cases} == {"mni152"}
     assert 0.08 < float(fg(cases)) < 0.16
     tissue = REGISTRY.dataset("mni152-tissue")(cache_dir=tmp_path)
     _, masks, _, _ = tissue.read_volumes(tissue.sources()[0])
