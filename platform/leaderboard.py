@@ -90,19 +90,26 @@ def leaderboard(tracker: Tracker, suite: str | None = None) -> tuple[pd.DataFram
     return board.reset_index(drop=True), failed
 
 
-def _pm(mean: float, std: float, digits: int) -> str:
-    return "–" if pd.isna(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+def _pm(mean: float, std: float, digits: int, n: int) -> str:
+    """mean ± std over seeds; the mean alone for one seed (a std of 0 would claim a precision nobody measured)."""
+    if pd.isna(mean):
+        return "–"
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if n > 1 else "")
+
+
+def _pm_column(board: pd.DataFrame, key: str, digits: int) -> list[str]:
+    return [_pm(m, s, digits, n) for m, s, n in zip(board[f"{key}_mean"], board[f"{key}_std"], board["n_seeds"],
+                                                    strict=True)]
 
 
 def display_frame(board: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({
         "suite": board["suite"], "dataset": board["dataset"], "rank": board["rank"], "method": board["method"],
         "budget": board["budget"],
-        "dice": [_pm(m, s, 4) for m, s in zip(board["dice_mean"], board["dice_std"], strict=True)],
-        "iou": [_pm(m, s, 4) for m, s in zip(board["iou_mean"], board["iou_std"], strict=True)],
-        "hd95": [_pm(m, s, 2) + f" {u}" for m, s, u in zip(board["hd95_mean"], board["hd95_std"], board["hd95_unit"],
-                                                           strict=True)],
-        "latency_ms": [_pm(m, s, 1) for m, s in zip(board["latency_ms_mean"], board["latency_ms_std"], strict=True)],
+        "dice": _pm_column(board, "dice", 4),
+        "iou": _pm_column(board, "iou", 4),
+        "hd95": [f"{v} {u}" for v, u in zip(_pm_column(board, "hd95", 2), board["hd95_unit"], strict=True)],
+        "latency_ms": _pm_column(board, "latency_ms", 1),
         "nfe": board["nfe_mean"].map(lambda v: "–" if pd.isna(v) else f"{v:g}"),
         "seeds": board["n_seeds"], "cases": board["n_cases"], "failed": board["failed_seeds"]})
     return out

@@ -149,14 +149,14 @@ class Tracker:
                 tags={**tags, f"{PREFIX}kind": KIND_EVAL, f"{PREFIX}budget": b, f"{PREFIX}status": STATUS_FINISHED,
                       f"{PREFIX}parent": run_id, "mlflow.parentRunId": run_id}))
             cid = child.info.run_id
-            self._log_metrics(cid, res["metrics"])
+            self.log_metrics(cid, res["metrics"])
             self._log_budget_tags(cid, res)
             self._log_files(cid, {"per_case.parquet": per_case[per_case["budget"] == budget_name],
                                   "config.json": files["config.json"], "environment.json": files["environment.json"]})
             _retry(lambda cid=cid: self.client.set_terminated(cid, "FINISHED"))
             child_ids.append(cid)
         first = next(iter(results.values()))
-        self._log_metrics(run_id, {**first["metrics"], **extra_metrics})
+        self.log_metrics(run_id, {**first["metrics"], **extra_metrics})
         self._log_files(run_id, {"per_case.parquet": per_case, **files})
         _retry(lambda: self.client.log_batch(run_id, tags=[RunTag(f"{PREFIX}status", STATUS_FINISHED)],
                                              synchronous=True))
@@ -168,7 +168,7 @@ class Tracker:
         if tags:
             _retry(lambda: self.client.log_batch(run_id, tags=tags, synchronous=True))
 
-    def _log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
+    def log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
         _retry(lambda: self.client.log_batch(run_id, metrics=batch, synchronous=True))

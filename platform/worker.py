@@ -138,7 +138,8 @@ def _train_cell(config: dict[str, Any]) -> None:
             eval_s = time.time() - t0
             save_checkpoint(Path(tmp), method, cell.epochs - 1, history)
             per_case.to_parquet(Path(tmp) / PER_CASE_FILE, index=False)
-            timings = {"worker_setup_s": t_ready - t_start, "train_compute_s": compute_s, "eval_s": eval_s}
+            timings = {"worker_started_at": t_start, "worker_setup_s": t_ready - t_start, "train_compute_s": compute_s,
+                       "eval_s": eval_s, "evaluated_at": time.time()}
             (Path(tmp) / RESULTS_FILE).write_text(json.dumps({
                 "results": results, "timings": timings, "history": history, "fingerprint": fingerprint(device),
                 "dataset_hash": data.dataset.content_hash(), "split": data.split.as_dict(),

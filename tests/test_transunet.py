@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from segarena.methods.transunet import TransUNetMethod
 from segarena.methods.transunet.model import TransUNet2D
 from segarena.platform.conformance import MethodConformance, synthetic_batch

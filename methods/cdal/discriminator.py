@@ -14,8 +14,9 @@ from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
-from segarena.methods.cdal.layers import SQRT2, Resample, TimeEmbedding, conv
 from torch import nn
+
+from segarena.methods.cdal.layers import SQRT2, Resample, TimeEmbedding, conv
 
 
 def _lrelu(x: torch.Tensor) -> torch.Tensor:

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from segarena.methods.cdal.layers import SQRT2, Resample, TimeEmbedding, conv, groups
 from torch import nn
+
+from segarena.methods.cdal.layers import SQRT2, Resample, TimeEmbedding, conv, groups
 
 
 class PixelNorm(nn.Module):

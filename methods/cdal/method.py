@@ -13,6 +13,8 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from segarena.methods.cdal.attention import spatial_attention
 from segarena.methods.cdal.discriminator import TimeCondDiscriminator
 from segarena.methods.cdal.generator import CDALGenerator
@@ -20,7 +22,6 @@ from segarena.methods.cdal.schedule import VPSchedule, randn
 from segarena.methods.common.ensemble import fuse, to_prob, to_signed
 from segarena.platform.plugin import Budget, MethodPlugin, Prediction, Task, unwrap
 from segarena.platform.search_space import Choice, LogUniform
-from torch import nn
 
 _COMMON: dict[str, Any] = {"beta_min": 0.1, "beta_max": 20.0, "betas": [0.5, 0.9], "r1_gamma": 1.0,
                            "adv_weight_g": 0.0, "attn_norm": "none", "resample": "fir", "dropout": 0.0,

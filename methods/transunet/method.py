@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
+
 from segarena.methods.transunet.model import TransUNet2D, load_checkpoint
 from segarena.methods.unet.training import SupervisedTrainer
 from segarena.platform.plugin import MethodPlugin, Task

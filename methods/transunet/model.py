@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch import nn
+
 from segarena.methods.transunet.decoder import DecoderCup
 from segarena.methods.transunet.resnet_skip import ResNetSkip
 from segarena.methods.transunet.vit import HybridViT
-from torch import nn
 
 
 class TransUNet2D(nn.Module):
