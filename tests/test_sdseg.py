@@ -21,6 +21,15 @@ class TestSDSegConformance(MethodConformance):
     method_cls = SDSegMethod
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine a second thread mostly waits at barriers."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def dice(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     """Per-image Dice of boolean masks (N, ...)."""
     pred, gt = pred.flatten(1), gt.flatten(1)
