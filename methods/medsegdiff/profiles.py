@@ -40,7 +40,8 @@ OFFICIAL_SWITCHES: dict[str, Any] = {
 }
 
 BUDGETS: dict[str, list[Budget]] = {
-    "tiny": [Budget(steps=s, ensemble=e, sampler="ddim") for s in (5, 10) for e in (1, 3)],
+    "tiny": [Budget(steps=5, ensemble=1, sampler="ddim"), Budget(steps=10, ensemble=1, sampler="ddim"),
+             Budget(steps=5, ensemble=3, sampler="ddim")],
     "paper": [Budget(steps=10, ensemble=1, sampler="ddim"), Budget(steps=50, ensemble=1, sampler="ddim"),
               Budget(steps=50, ensemble=5, sampler="ddim"), Budget(steps=100, ensemble=5, sampler="ddim"),
               Budget(steps=100, ensemble=25, sampler="ddim"), Budget(steps=1000, ensemble=5, sampler="ddpm")],
