@@ -13,9 +13,9 @@ import importlib.util
 import inspect
 import os
 import sys
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from importlib.metadata import entry_points
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from types import ModuleType
 
@@ -28,12 +28,24 @@ BASES: dict[str, type] = {"method": MethodPlugin, "dataset": DatasetPlugin}
 PLUGIN_PATH_ENV = "SEGARENA_PLUGIN_PATH"
 
 
-@dataclass(frozen=True)
 class PluginInfo:
-    name: str
-    kind: str  # method | dataset
-    cls: type
-    source: str  # "built-in", "entry point <dist>", "folder <path>"
+    """A discovered plugin. Entry points are imported on first use of ``cls``, so a process that
+    needs one plugin (a Ray worker) does not pay for importing every installed one."""
+
+    def __init__(self, name: str, kind: str, source: str, cls: type | None = None,
+                 loader: Callable[[], type] | None = None) -> None:
+        self.name, self.kind, self.source = name, kind, source  # source: built-in | entry point X | folder P
+        self._cls, self._loader = cls, loader
+
+    @property
+    def cls(self) -> type:
+        if self._cls is None:
+            assert self._loader is not None
+            self._cls = self._loader()
+        return self._cls
+
+    def same_as(self, other: PluginInfo) -> bool:
+        return self.source == other.source and (self._cls is None or other._cls is None or self.cls is other.cls)
 
     @property
     def version(self) -> str:
@@ -52,7 +64,7 @@ class Registry:
 
     def add(self, info: PluginInfo) -> None:
         table = self._by_kind[info.kind]
-        if info.name in table and table[info.name].cls is not info.cls:
+        if info.name in table and not table[info.name].same_as(info):
             raise PluginError(
                 f"two {info.kind} plugins are named {info.name!r}: one from {table[info.name].source}, "
                 f"one from {info.source}; rename one of them")
@@ -95,12 +107,7 @@ def discover(plugin_dirs: Sequence[str | os.PathLike] = (), use_env: bool = True
         for ep in entry_points(group=group):
             dist = ep.dist.name if ep.dist else "?"
             source = "built-in" if dist == "segarena" else f"entry point {dist}"
-            try:
-                cls = ep.load()
-            except Exception as exc:
-                raise PluginError(f"{kind} plugin {ep.name!r} from {source} ({ep.value}) failed to import: "
-                                  f"{type(exc).__name__}: {exc}") from exc
-            registry.add(PluginInfo(_checked_name(cls, kind, source, ep.name), kind, cls, source))
+            registry.add(PluginInfo(ep.name, kind, source, loader=partial(_load_entry_point, ep, kind, source)))
     dirs = [Path(d) for d in plugin_dirs]
     if use_env and os.environ.get(PLUGIN_PATH_ENV):
         dirs += [Path(p) for p in os.environ[PLUGIN_PATH_ENV].split(os.pathsep) if p]
@@ -113,6 +120,16 @@ def discover(plugin_dirs: Sequence[str | os.PathLike] = (), use_env: bool = True
         for info in folder_plugins(folder):
             registry.add(info)
     return registry
+
+
+def _load_entry_point(ep: EntryPoint, kind: str, source: str) -> type:
+    try:
+        cls = ep.load()
+    except Exception as exc:  # any import failure is the plugin's, reported with its source
+        raise PluginError(f"{kind} plugin {ep.name!r} from {source} ({ep.value}) failed to import: "
+                          f"{type(exc).__name__}: {exc}") from exc
+    _checked_name(cls, kind, source, ep.name)
+    return cls
 
 
 def folder_plugins(folder: Path) -> list[PluginInfo]:
@@ -129,7 +146,7 @@ def folder_plugins(folder: Path) -> list[PluginInfo]:
             for cls in _plugin_classes(module):
                 kind = "method" if issubclass(cls, MethodPlugin) else "dataset"
                 source = f"folder {path}"
-                infos.append(PluginInfo(_checked_name(cls, kind, source), kind, cls, source))
+                infos.append(PluginInfo(_checked_name(cls, kind, source), kind, source, cls=cls))
     return infos
 
 

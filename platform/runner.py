@@ -122,7 +122,7 @@ def _run_cells(todo: list[Cell], res: dict, spec, uri: str, workdir: Path, exp_i
         tuner = tune.Tuner(
             tune.with_resources(run_cell, TRIAL_RESOURCES),
             param_space={"cell": tune.grid_search([c.as_dict() for c in todo]), "settings": settings},
-            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=False),
+            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True),
             run_config=tune.RunConfig(name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
                                       storage_path=str(workdir / "ray"), verbose=0, callbacks=[progress]))
         tuner.fit()

@@ -78,15 +78,16 @@ def test_autoencoder_round_trip_after_stage_one(stage_one):
 
 def test_learns_synthetic_discs(stage_one):
     method, data = copy.deepcopy(stage_one[0]), stage_one[1]
+    untrained = dice(predict(method, data["image"], Budget()).mask, data["mask"] > 0).mean()
     method.train()
     losses = []
-    for step in range(100):
+    for step in range(150):
         half = slice(4 * (step % 2), 4 * (step % 2) + 4)
         losses.append(method.training_step({"image": data["image"][half], "mask": data["mask"][half]})["loss"])
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
-    assert last < 0.6 * first, (first, last)
-    out = predict(method, data["image"], Budget(1, 1, "direct"))
-    assert dice(out.mask, data["mask"] > 0).mean() > 0.5
+    assert last < 0.5 * first, (first, last)
+    trained = dice(predict(method, data["image"], Budget()).mask, data["mask"] > 0).mean()
+    assert trained > 0.4 and trained > untrained + 0.2, (float(untrained), float(trained))
 
 
 def test_scale_factor_measured_once_and_restored_by_checkpoint():

@@ -1,0 +1,63 @@
+"""Per-cell harness overhead against the cell's compute, measured on a real suite run.
+
+Runs SUITE (default: the shipped `default`) in a fresh work dir on a local Ray, then reads the
+`harness/*` metrics each cell logged: Ray Train controller + worker-group start, data and plugin
+setup in the worker, compute (training + evaluation), hand-back to the trial, MLflow logging.
+Writes benchmarks/perf/results/harness_overhead.{json,md}.
+
+    .venv/bin/python benchmarks/perf/harness_overhead.py [SUITE]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parent / "results"
+PARTS = ["trainer_start_s", "worker_setup_s", "compute_s", "handback_s", "logging_s", "overhead_s", "cell_wall_s"]
+
+
+def main(suite: str = "default") -> dict:
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from segarena.platform.fingerprint import fingerprint
+    from segarena.platform.runner import run_suite
+    from segarena.platform.tracking import KIND_TRAIN, Tracker, default_tracking_uri
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.time()
+        summary = run_suite(suite, tmp, echo=lambda _: None)
+        driver_s = time.time() - t0
+        tracker = Tracker(default_tracking_uri(Path(tmp)))
+        rows = []
+        for run in tracker.runs([summary.experiment_id], KIND_TRAIN):
+            m = run.data.metrics
+            rows.append({"cell": f"{run.data.tags['segarena.method']} × {run.data.tags['segarena.dataset']}",
+                         **{p: round(m.get(f"harness/{p}", float("nan")), 2) for p in PARTS}})
+    rows.sort(key=lambda r: r["cell"])
+    overhead = sum(r["overhead_s"] for r in rows)
+    compute = sum(r["compute_s"] for r in rows)
+    result = {"suite": suite, "cells": rows, "ray_start_s": round(summary.ray_start_s, 2),
+              "driver_wall_s": round(driver_s, 1), "sum_overhead_s": round(overhead, 1),
+              "sum_compute_s": round(compute, 1), "overhead_to_compute": round(overhead / max(compute, 1e-9), 2),
+              "machine": {k: fingerprint()[k] for k in ("cpu", "cpu_count", "device_name")},
+              "load_average_at_end": os.getloadavg()}
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "harness_overhead.json").write_text(json.dumps(result, indent=1))
+    lines = [f"# Harness overhead per cell — suite `{suite}`", "",
+             f"Ray start {result['ray_start_s']} s · driver wall {result['driver_wall_s']} s · "
+             f"Σ overhead {result['sum_overhead_s']} s vs Σ compute {result['sum_compute_s']} s "
+             f"(ratio {result['overhead_to_compute']}) · load average at end {result['load_average_at_end'][0]:.1f}",
+             "", "| cell | " + " | ".join(PARTS) + " |", "|---|" + "---|" * len(PARTS)]
+    lines += [f"| {r['cell']} | " + " | ".join(str(r[p]) for p in PARTS) + " |" for r in rows]
+    (OUT / "harness_overhead.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return result
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:2])
