@@ -39,6 +39,7 @@ class MethodSpec(_Strict):
     profile: str = "tiny"
     hparams: dict[str, Any] = {}
     budgets: list[BudgetSpec] | None = None  # None: the plugin's budgets for the profile
+    epochs: int | None = Field(None, ge=1)  # None: the suite's
 
 
 class DatasetSpec(_Strict):
@@ -70,7 +71,7 @@ class SuiteSpec(_Strict):
     datasets: list[DatasetSpec] = Field(min_length=1)
     seeds: list[int] = Field([0], min_length=1)
     epochs: int = Field(1, ge=1)
-    max_steps_per_epoch: int | None = Field(None, ge=1)
+    steps_per_epoch: int | None = Field(None, ge=1)  # None: one pass over the training split
     resources: Resources = Resources()
     evaluation: Evaluation = Evaluation()
     failure_retries: int = Field(0, ge=0)
@@ -99,7 +100,7 @@ class Cell:
     seed: int
     budgets: tuple[dict[str, Any], ...]
     epochs: int
-    max_steps_per_epoch: int | None
+    steps_per_epoch: int | None
     evaluation: dict[str, Any]
 
     @property
@@ -116,7 +117,7 @@ class Cell:
         return {"suite": self.suite, "method": self.method, "profile": self.profile, "hparams": self.hparams,
                 "plugin_version": self.plugin_version, "dataset": self.dataset, "dataset_path": self.dataset_path,
                 "dataset_params": self.dataset_params, "seed": self.seed, "budgets": list(self.budgets),
-                "epochs": self.epochs, "max_steps_per_epoch": self.max_steps_per_epoch,
+                "epochs": self.epochs, "steps_per_epoch": self.steps_per_epoch,
                 "evaluation": self.evaluation}
 
     @classmethod
@@ -200,8 +201,8 @@ def expand(spec: SuiteSpec, registry: Registry, path: Path | str = "<suite>") ->
                 cells.append(Cell(suite=spec.name, method=m.name, profile=m.profile, hparams=hparams,
                                   plugin_version=cls.version, dataset=d.name, dataset_path=d.path,
                                   dataset_params=dict(d.params), seed=seed,
-                                  budgets=tuple(b.as_dict() for b in budgets), epochs=spec.epochs,
-                                  max_steps_per_epoch=spec.max_steps_per_epoch,
+                                  budgets=tuple(b.as_dict() for b in budgets), epochs=m.epochs or spec.epochs,
+                                  steps_per_epoch=spec.steps_per_epoch,
                                   evaluation=spec.evaluation.model_dump()))
     keys = [c.key for c in cells]
     if len(set(keys)) != len(keys):

@@ -115,7 +115,7 @@ class Tracker:
             tags={**tags, f"{PREFIX}kind": KIND_TRAIN, f"{PREFIX}status": STATUS_RUNNING}))
         run_id = run.info.run_id
         params = _flat_params({"hparams": cell.hparams, "dataset_params": cell.dataset_params,
-                               "epochs": cell.epochs, "max_steps_per_epoch": cell.max_steps_per_epoch})
+                               "epochs": cell.epochs, "steps_per_epoch": cell.steps_per_epoch})
         _retry(lambda: self.client.log_batch(run_id, params=params[:100], synchronous=True))
         return run_id
 

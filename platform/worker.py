@@ -53,13 +53,13 @@ def train_epoch(method: MethodPlugin, data: tuple[torch.Tensor, torch.Tensor], c
     gen = torch.Generator().manual_seed(cell.seed * 100_003 + epoch)
     order = torch.randperm(len(images), generator=gen)[rank::world]
     bs = int(cell.hparams.get("batch_size", 4))
-    steps = max(1, math.ceil(len(order) / bs))
-    if cell.max_steps_per_epoch:
-        steps = min(steps, cell.max_steps_per_epoch)
+    # One pass over the data, or exactly `steps_per_epoch` steps cycling through it, so that training
+    # length does not depend on the dataset's size when a suite fixes it.
+    steps = cell.steps_per_epoch or max(1, math.ceil(len(order) / bs))
     sums: dict[str, float] = {}
     method.train()
     for s in range(steps):
-        idx = order[(s * bs) % len(order):][:bs]
+        idx = order[(s * bs + torch.arange(bs)) % len(order)]
         logs = method.training_step({"image": images[idx].to(device), "mask": masks[idx].to(device)})
         for k, v in logs.items():
             if not math.isfinite(v):

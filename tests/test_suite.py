@@ -79,3 +79,10 @@ def test_unknown_suite_name_suggests():
 def test_missing_suite_file(tmp_path):
     with pytest.raises(SpecError, match="does not exist"):
         load_suite(tmp_path / "none.yaml")
+
+
+def test_method_epochs_override_and_steps_per_epoch(tmp_path):
+    text = GOOD.replace("    hparams: {lr: 0.01}", "    hparams: {lr: 0.01}\n    epochs: 7") + "steps_per_epoch: 5\n"
+    out = cells(tmp_path, text)
+    assert out[0].epochs == 7 and out[0].steps_per_epoch == 5
+    assert out[0].key != cells(tmp_path, GOOD)[0].key

@@ -15,7 +15,7 @@ from segarena.platform.tracking import ORPHAN_ERROR, Tracker, cell_tags, default
 def make_cell(suite, method="unet", seed=0, dataset="synthetic"):
     return Cell(suite=suite, method=method, profile="tiny", hparams={"lr": 0.1}, plugin_version="1", dataset=dataset,
                 dataset_path=None, dataset_params={}, seed=seed,
-                budgets=({"sampler": "direct", "steps": 1, "ensemble": 1},), epochs=1, max_steps_per_epoch=None,
+                budgets=({"sampler": "direct", "steps": 1, "ensemble": 1},), epochs=1, steps_per_epoch=None,
                 evaluation={})
 
 

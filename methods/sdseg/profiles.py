@@ -28,7 +28,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "paper": {
         "image_size": [256, 256], "batch_size": 4,
         # LDM KL-f8 layout: 256 px → 4x32x32 (trained on masks here: no hub download)
-        "ae_channels": [128, 256, 512, 512], "ae_res_blocks": 2, "ae_attention": False, "ae_norm_groups": 32,
+        "ae_channels": [128, 256, 512, 512], "ae_res_blocks": 2, "ae_attention": True, "ae_norm_groups": 32,
         "latent_channels": 4, "ae_steps": 20000, "ae_lr": 1e-4, "ae_kl_weight": 1e-6, "ae_checkpoint": None,
         # LDM LSUN-Churches UNet: 192 x [1,2,2,4,4], attention at 32/16/8/4, 8 heads per level
         "unet_channels": [192, 384, 384, 768, 768], "unet_res_blocks": 2,
