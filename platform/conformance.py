@@ -183,21 +183,26 @@ def check_names(cls: type) -> list[str]:
     return [n for n, _ in inspect.getmembers(cls, inspect.isfunction) if n.startswith("test_")]
 
 
-def run_checks(method_cls: type[MethodPlugin], on_result: Callable[[CheckResult], None] | None = None,
-               **attrs: Any) -> list[CheckResult]:
-    """Run every conformance check on ``method_cls`` outside pytest (``segarena plugins check``)."""
-    suite_cls = type(f"Check{method_cls.__name__}", (MethodConformance,), {"method_cls": method_cls, **attrs})
+def run_check_class(suite_cls: type, on_result: Callable[[CheckResult], None] | None = None) -> list[CheckResult]:
+    """Run a conformance class's checks in definition order, outside pytest; failures never stop the run."""
+    order = [n for klass in reversed(suite_cls.__mro__) for n in vars(klass)]
     suite = suite_cls()
     results = []
-    for name in sorted(check_names(suite_cls), key=lambda n: list(vars(MethodConformance)).index(n)
-                       if n in vars(MethodConformance) else 999):
+    for name in sorted(check_names(suite_cls), key=order.index):
         try:
             getattr(suite, name)()
             result = CheckResult(name, True)
-        except Exception as exc:
+        except Exception as exc:  # every failure is reported
             tb = traceback.extract_tb(exc.__traceback__)[-1]
             result = CheckResult(name, False, f"{type(exc).__name__}: {exc} ({tb.filename}:{tb.lineno})")
         results.append(result)
         if on_result:
             on_result(result)
     return results
+
+
+def run_checks(method_cls: type[MethodPlugin], on_result: Callable[[CheckResult], None] | None = None,
+               **attrs: Any) -> list[CheckResult]:
+    """Every method conformance check on ``method_cls`` (``segarena plugins check``)."""
+    suite_cls = type(f"Check{method_cls.__name__}", (MethodConformance,), {"method_cls": method_cls, **attrs})
+    return run_check_class(suite_cls, on_result)

@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
-from segarena.platform.conformance import CheckResult, check_names
+from segarena.platform.conformance import CheckResult, run_check_class
 from segarena.platform.dataset import Case, DatasetPlugin, Split
 from segarena.platform.plugin import API_VERSION, Task
 
@@ -185,17 +184,4 @@ def run_dataset_checks(dataset_cls: type[DatasetPlugin], on_result: Callable[[Ch
                        **attrs: Any) -> list[CheckResult]:
     """Run every dataset conformance check outside pytest (``segarena plugins check NAME``)."""
     suite_cls = type(f"Check{dataset_cls.__name__}", (DatasetConformance,), {"dataset_cls": dataset_cls, **attrs})
-    suite = suite_cls()
-    order = list(vars(DatasetConformance))
-    results = []
-    for name in sorted(check_names(suite_cls), key=lambda n: order.index(n) if n in order else 999):
-        try:
-            getattr(suite, name)()
-            result = CheckResult(name, True)
-        except Exception as exc:
-            tb = traceback.extract_tb(exc.__traceback__)[-1]
-            result = CheckResult(name, False, f"{type(exc).__name__}: {exc} ({tb.filename}:{tb.lineno})")
-        results.append(result)
-        if on_result:
-            on_result(result)
-    return results
+    return run_check_class(suite_cls, on_result)

@@ -86,18 +86,21 @@ def test_ddim_calls_denoiser_k_times_per_member_and_condition_once(steps, ensemb
 
 
 def test_ddpm_runs_all_t_steps_deterministic_per_generator():
-    method = trained(make(timesteps=10), steps=2)
+    method = trained(make(timesteps=50), steps=2)
     images = synthetic_batch(TASK32, 1)["image"]
     rows = []
     hook = count_calls(method.denoiser, rows)
     with torch.inference_mode():
-        a, b, c = (method.predict(images, Budget(10, 2, "ddpm"), torch.Generator().manual_seed(s)) for s in (1, 1, 2))
+        a, b, c = (method.predict(images, Budget(50, 2, "ddpm"), torch.Generator().manual_seed(s)) for s in (1, 1, 2))
     hook.remove()
-    assert rows == [2] * (3 * 10)
+    assert rows == [2] * (3 * 50)
+    assert torch.isfinite(a.probs).all()
     assert torch.equal(a.probs, b.probs) and torch.equal(a.mask, b.mask)
     assert not torch.equal(a.probs, c.probs)
     with pytest.raises(ValueError):
-        sampling_scheduler(Budget(5, 1, "ddpm"), 10)  # MONAI's DDPM step is t -> t-1 only
+        sampling_scheduler(Budget(10, 1, "ddpm"), 50)  # MONAI's DDPM step is t -> t-1 only
+    with pytest.raises(ValueError):
+        sampling_scheduler(Budget(10, 1, "ddpm"), 10)  # rescaled β > 1
     with pytest.raises(ValueError):
         sampling_scheduler(Budget(7, 1, "ddim"), 20)
 

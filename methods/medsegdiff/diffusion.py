@@ -19,7 +19,9 @@ SAMPLERS = ("ddim", "ddpm")
 
 
 def schedule_args(timesteps: int) -> dict:
-    """Linear β from 1e-4 to 0.02, rescaled by 1000/T so that ᾱ_T ≈ 0 for any T."""
+    """Linear β from 1e-4 to 0.02, rescaled by 1000/T (official) so that ᾱ_T ≈ 0; β_T ≤ 0.4 needs T ≥ 50."""
+    if timesteps < 50:
+        raise ValueError(f"timesteps {timesteps} < 50: the rescaled linear β would reach {20 / timesteps:.2f}")
     scale = 1000 / timesteps
     return {"schedule": "linear_beta", "beta_start": 1e-4 * scale, "beta_end": 0.02 * scale}
 

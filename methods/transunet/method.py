@@ -40,22 +40,19 @@ class TransUNetMethod(SupervisedTrainer, MethodPlugin):
     paper: ClassVar[str] = ("Chen, Lu, Yu, Luo, Adeli, Wang, Lu, Yuille, Zhou. TransUNet: Transformers Make Strong "
                             "Encoders for Medical Image Segmentation. arXiv:2102.04306, 2021")
     denoiser: ClassVar[str] = "net"
+    PROFILES = PROFILES
 
     def __init__(self, hparams: dict[str, Any], task: Task) -> None:
         MethodPlugin.__init__(self, hparams, task)
         hp = {**PROFILES["paper"], **self.hparams}
         size = hp["image_size"] or task.image_size
-        out = task.num_classes + 1 if task.exclusive and task.num_classes > 1 else task.num_classes
+        out = self.out_channels(task)
         self.net: torch.nn.Module = TransUNet2D(
             task.in_channels, out, (size, size) if isinstance(size, int) else tuple(size),
             **{k: tuple(hp[k]) if isinstance(hp[k], list) else hp[k] for k in _ARCH_KEYS})
         if hp.get("pretrained_path"):
             load_checkpoint(self.net, hp["pretrained_path"])
         self.setup_training(self.net)
-
-    @classmethod
-    def profiles(cls) -> dict[str, dict[str, Any]]:
-        return {k: dict(v) for k, v in PROFILES.items()}
 
     @classmethod
     def search_space(cls) -> dict[str, Any]:

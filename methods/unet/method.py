@@ -30,18 +30,15 @@ class UNetMethod(SupervisedTrainer, MethodPlugin):
     paper: ClassVar[str] = ("Ronneberger, Fischer, Brox. U-Net: Convolutional Networks for Biomedical "
                             "Image Segmentation. MICCAI 2015")
     denoiser: ClassVar[str] = "net"
+    PROFILES = PROFILES
 
     def __init__(self, hparams: dict[str, Any], task: Task) -> None:
         MethodPlugin.__init__(self, hparams, task)
-        out = task.num_classes + 1 if task.exclusive and task.num_classes > 1 else task.num_classes
+        out = self.out_channels(task)
         self.net: torch.nn.Module = BasicUNet(spatial_dims=2, in_channels=task.in_channels, out_channels=out,
                                               features=tuple(self.hparams["features"]),
                                               dropout=self.hparams.get("dropout", 0.0))
         self.setup_training(self.net)
-
-    @classmethod
-    def profiles(cls) -> dict[str, dict[str, Any]]:
-        return {k: dict(v) for k, v in PROFILES.items()}
 
     @classmethod
     def search_space(cls) -> dict[str, Any]:

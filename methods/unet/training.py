@@ -6,17 +6,32 @@ SGD with momentum and poly decay lr·(1 − it/max_it)^0.9.
 
 from __future__ import annotations
 
+import copy
+from typing import Any, ClassVar
+
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
 
-from segarena.platform.plugin import Budget, Prediction, threshold_probs
+from segarena.platform.plugin import Budget, Prediction, Task, threshold_probs
 
 
 class SupervisedTrainer:
-    """Mixin: ``self.net`` maps images to logits; gives training_step/predict/optimizers."""
+    """Mixin: ``self.net`` maps images to logits; gives profiles/training_step/predict/optimizers.
+
+    Subclasses set ``PROFILES`` (their defaults as data, next to the model)."""
 
     net: torch.nn.Module
+    PROFILES: ClassVar[dict[str, dict[str, Any]]]
+
+    @classmethod
+    def profiles(cls) -> dict[str, dict[str, Any]]:
+        return copy.deepcopy(cls.PROFILES)
+
+    @staticmethod
+    def out_channels(task: Task) -> int:
+        """Logit channels: background + classes under softmax, else one sigmoid channel per class."""
+        return task.num_classes + 1 if task.exclusive and task.num_classes > 1 else task.num_classes
 
     def setup_training(self, net: torch.nn.Module) -> None:
         hp = self.hparams
