@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -19,6 +20,43 @@ from pathlib import Path
 
 OUT = Path(__file__).resolve().parent / "results"
 PARTS = ["trainer_start_s", "worker_setup_s", "compute_s", "handback_s", "logging_s", "overhead_s", "cell_wall_s"]
+
+
+def _noop_loop(config: dict) -> None:
+    from ray import train
+
+    train.report({"ok": 1})
+
+
+def _noop_trial(config: dict) -> None:
+    from ray import train, tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    t0 = time.time()
+    TorchTrainer(_noop_loop, scaling_config=train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+                 run_config=train.RunConfig(name=f"noop-{config['i']}", storage_path=config["storage"],
+                                            callbacks=[TuneReportCallback()])).fit()
+    tune.report({"wall_s": time.time() - t0})
+
+
+def ray_train_floor(storage: str, n: int = 4) -> list[float]:
+    """Wall time of a TorchTrainer whose loop does nothing, one at a time: Ray's own floor per cell."""
+    import ray
+    from ray import tune
+
+    from segarena.platform.runner import RAY_ENV, TRIAL_RESOURCES
+
+    os.environ.update({k: os.environ.get(k, v) for k, v in RAY_ENV.items()})
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    try:
+        grid = tune.Tuner(tune.with_resources(_noop_trial, TRIAL_RESOURCES),
+                          param_space={"i": tune.grid_search(list(range(n))), "storage": storage},
+                          tune_config=tune.TuneConfig(max_concurrent_trials=1),
+                          run_config=tune.RunConfig(storage_path=storage, verbose=0)).fit()
+        return sorted(float(v) for v in grid.get_dataframe()["wall_s"])
+    finally:
+        ray.shutdown()
 
 
 def main(suite: str = "default") -> dict:
@@ -38,12 +76,14 @@ def main(suite: str = "default") -> dict:
             m = run.data.metrics
             rows.append({"cell": f"{run.data.tags['segarena.method']} × {run.data.tags['segarena.dataset']}",
                          **{p: round(m.get(f"harness/{p}", float("nan")), 2) for p in PARTS}})
+        floor = ray_train_floor(str(Path(tmp) / "floor"))
     rows.sort(key=lambda r: r["cell"])
     overhead = sum(r["overhead_s"] for r in rows)
     compute = sum(r["compute_s"] for r in rows)
     result = {"suite": suite, "cells": rows, "ray_start_s": round(summary.ray_start_s, 2),
               "driver_wall_s": round(driver_s, 1), "sum_overhead_s": round(overhead, 1),
               "sum_compute_s": round(compute, 1), "overhead_to_compute": round(overhead / max(compute, 1e-9), 2),
+              "ray_train_noop_trainer_s": [round(f, 2) for f in floor],
               "machine": {k: fingerprint()[k] for k in ("cpu", "cpu_count", "device_name")},
               "load_average_at_end": os.getloadavg()}
     OUT.mkdir(parents=True, exist_ok=True)
@@ -52,6 +92,8 @@ def main(suite: str = "default") -> dict:
              f"Ray start {result['ray_start_s']} s · driver wall {result['driver_wall_s']} s · "
              f"Σ overhead {result['sum_overhead_s']} s vs Σ compute {result['sum_compute_s']} s "
              f"(ratio {result['overhead_to_compute']}) · load average at end {result['load_average_at_end'][0]:.1f}",
+             "", f"Ray Train's own floor: a TorchTrainer (1 worker) whose loop does nothing takes "
+             f"{statistics.median(floor):.1f} s wall (median of {len(floor)}, one at a time).",
              "", "| cell | " + " | ".join(PARTS) + " |", "|---|" + "---|" * len(PARTS)]
     lines += [f"| {r['cell']} | " + " | ".join(str(r[p]) for p in PARTS) + " |" for r in rows]
     (OUT / "harness_overhead.md").write_text("\n".join(lines) + "\n")
