@@ -68,7 +68,7 @@ def _init_ray(address: str | None, verbose: bool) -> tuple[bool, float]:
         ray.init(address=address, log_to_driver=verbose, logging_level="WARNING", runtime_env={"env_vars": env})
     else:
         ray.init(num_cpus=os.cpu_count(), log_to_driver=verbose, logging_level="WARNING",
-                 include_dashboard=False, configure_logging=True)
+                 configure_logging=True)
     return True, time.time() - t0
 
 

@@ -11,6 +11,8 @@ import math
 import tempfile
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +43,18 @@ def place(method: MethodPlugin, device: torch.device, world: int) -> None:
                                                 parallel_strategy_kwargs={"find_unused_parameters": True}))
 
 
-def unplace(method: MethodPlugin) -> None:
-    """Drop DDP wrappers before rank-0-only evaluation (DDP forwards would wait for other ranks)."""
-    for name, module in method.modules().items():
+@contextmanager
+def bare_modules(method: MethodPlugin) -> Iterator[MethodPlugin]:
+    """The method with its DDP wrappers removed, for rank-0-only evaluation: a DDP forward
+    synchronises buffers with the other ranks, which are not evaluating, and would wait forever."""
+    wrapped = method.modules()
+    for name, module in wrapped.items():
         setattr(method, name, unwrap(module))
+    try:
+        yield method
+    finally:
+        for name, module in wrapped.items():
+            setattr(method, name, module)
 
 
 def train_epoch(method: MethodPlugin, data: tuple[torch.Tensor, torch.Tensor], cell: Cell, epoch: int, rank: int,
@@ -117,8 +127,9 @@ def _train_cell(config: dict[str, Any]) -> None:
         t0 = time.time()
         metrics: dict[str, Any] = {"epoch": epoch, **train_epoch(method, tensors, cell, epoch, rank, world, device)}
         if rank == 0 and val_cases and ev["val_every"] and (epoch + 1) % ev["val_every"] == 0:
-            metrics["val/dice"] = quick_dice(method, val_cases, cheapest, data.task, device, cell.seed,
-                                             ev["batch_size"])
+            with bare_modules(method) as bare:
+                metrics["val/dice"] = quick_dice(bare, val_cases, cheapest, data.task, device, cell.seed,
+                                                 ev["batch_size"])
         compute_s += time.time() - t0
         metrics["phase"] = "train"
         history.append({k: v for k, v in metrics.items() if k != "phase"})
@@ -128,8 +139,7 @@ def _train_cell(config: dict[str, Any]) -> None:
                 save_checkpoint(Path(tmp), method, epoch, history)
                 checkpoint = Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
-    unplace(method)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, bare_modules(method):
         checkpoint = None
         metrics = {"epoch": cell.epochs, "phase": "evaluated"}
         if rank == 0:

@@ -75,6 +75,6 @@ def ray_session():
     """The one Ray instance of this test run (2 CPUs, as on CI)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    ray.init(num_cpus=2, log_to_driver=False, logging_level="WARNING")
     yield ray
     ray.shutdown()

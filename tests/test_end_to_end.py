@@ -66,3 +66,30 @@ def test_suite_runs_reruns_without_duplicates_and_ranks(ray_session, tmp_path, m
     assert list(board["method"]) == ["unet"] and board.iloc[0]["n_seeds"] == 1
     assert board.iloc[0]["dice_mean"] == pytest.approx(run.data.metrics["dice"])
     assert list(failed["method"]) == ["nanny"]
+
+
+DDP_SUITE = """
+name: ddp
+methods:
+  - name: unet
+datasets:
+  - name: synthetic
+    params: {size: 32, n_cases: 12}
+seeds: [0]
+epochs: 2
+steps_per_epoch: 2
+resources: {workers_per_trial: 2, cpus_per_worker: 1}
+evaluation: {timing_repeats: 2, timing_warmup: 1, throughput_batch: 2, val_cases: 2}
+"""
+
+
+@pytest.mark.ray
+def test_two_worker_ddp_cell_validates_and_evaluates_on_rank_zero(ray_session, tmp_path):
+    """Rank 0 alone computes val/dice and the test metrics: a DDP-wrapped forward there would hang."""
+    suite = tmp_path / "ddp.yaml"
+    suite.write_text(DDP_SUITE)
+    summary = run_suite(suite, tmp_path / "runs", echo=lambda _: None)
+    assert summary.failures == [] and summary.ran == 1
+    tracker = Tracker(default_tracking_uri(tmp_path / "runs"))
+    (run,) = tracker.runs([summary.experiment_id], KIND_TRAIN)
+    assert run.info.status == "FINISHED" and "val/dice" in run.data.metrics

@@ -48,7 +48,7 @@ def ray_train_floor(storage: str, n: int = 4) -> list[float]:
     from segarena.platform.runner import RAY_ENV, TRIAL_RESOURCES
 
     os.environ.update({k: os.environ.get(k, v) for k, v in RAY_ENV.items()})
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    ray.init(num_cpus=os.cpu_count(), log_to_driver=False, logging_level="WARNING")
     try:
         grid = tune.Tuner(tune.with_resources(_noop_trial, TRIAL_RESOURCES),
                           param_space={"i": tune.grid_search(list(range(n))), "storage": storage},
