@@ -87,8 +87,11 @@ def evaluate(method: MethodPlugin, cases: Sequence[Case], budgets: Sequence[Budg
     tables, results = [], {}
     for budget in budgets:
         masks, pairwise, nfe = predict_cases(method, cases, budget, task, device, seed, cfg.get("batch_size", 8))
-        if nfe != budget.nfe:
-            raise EvaluationError(f"{method.name}: reported nfe {nfe} for budget {budget.name} (expected {budget.nfe})")
+        # nfe = steps × ensemble per mask; a method that runs its denoiser once per class (SDSeg's
+        # class-conditioned multi-class mode) honestly reports a whole multiple of it.
+        if nfe < budget.nfe or nfe % budget.nfe:
+            raise EvaluationError(f"{method.name}: reported nfe {nfe} for budget {budget.name} "
+                                  f"(expected {budget.nfe} or a whole multiple for per-class passes)")
         table = score_cases(cases, masks, class_names)
         table.insert(0, "budget", budget.name)
         tables.append(table)
