@@ -167,3 +167,27 @@ def test_training_loss_halves_on_synthetic_discs():
         method.training_step(batch)
     after = eps_loss(method, batch)
     assert after <= 0.5 * before, (before, after)
+
+
+def test_ema_weights_are_used_for_sampling_and_survive_a_checkpoint():
+    import copy
+
+    task = Task(in_channels=1, num_classes=1, image_size=(32, 32))
+    hp = {**MedSegDiffMethod.profiles()["tiny"], "ema_decay": 0.5}
+    torch.manual_seed(0)
+    method = MedSegDiffMethod(hp, task)
+    batch = synthetic_batch(task, 2)
+    for _ in range(3):
+        method.training_step(batch)
+    budget = MedSegDiffMethod.budgets("tiny")[0]
+    with torch.inference_mode():
+        with_ema = method.eval().predict(batch["image"], budget, torch.Generator().manual_seed(1)).probs
+        method.ema.decay = 0.0  # disabled: the live weights
+        live = method.predict(batch["image"], budget, torch.Generator().manual_seed(1)).probs
+    assert not torch.equal(with_ema, live)
+    method.ema.decay = 0.5
+    other = MedSegDiffMethod(hp, task)
+    other.load_state_dict(copy.deepcopy(method.state_dict()))
+    with torch.inference_mode():
+        again = other.eval().predict(batch["image"], budget, torch.Generator().manual_seed(1)).probs
+    assert torch.equal(with_ema, again)

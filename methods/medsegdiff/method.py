@@ -9,12 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segarena.methods.common.ema import ParamEMA
 from segarena.methods.common.ensemble import fuse, to_prob, to_signed
 from segarena.methods.medsegdiff import diffusion
 from segarena.methods.medsegdiff.condition import ConditionEncoder, ConditionFeatures
 from segarena.methods.medsegdiff.denoiser import MedSegDenoiser
 from segarena.methods.medsegdiff.profiles import BUDGETS, PROFILES, search_space
-from segarena.platform.plugin import Budget, MethodPlugin, Prediction, Task, threshold_probs
+from segarena.platform.plugin import Budget, MethodPlugin, Prediction, Task, threshold_probs, unwrap
 
 MASK_SCALES = ("pm1", "01")
 FINAL_OUTPUTS = ("diffusion", "official_v1_mix")
@@ -49,6 +50,7 @@ class MedSegDiffMethod(MethodPlugin):
         params = [*self.denoiser.parameters(), *self.condition.parameters()]
         self.opt = torch.optim.AdamW(params, lr=hp["lr"], weight_decay=hp["weight_decay"])
         self.scheduler = diffusion.training_scheduler(hp["timesteps"])
+        self.ema = ParamEMA(hp.get("ema_decay", 0.0))  # sampling uses the averaged weights when > 0
         self.iteration = 0
 
     @classmethod
@@ -70,10 +72,11 @@ class MedSegDiffMethod(MethodPlugin):
         return {"opt": self.opt}
 
     def extra_state(self) -> dict[str, Any]:
-        return {"iteration": self.iteration}
+        return {"iteration": self.iteration, "ema": self.ema.state()}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.iteration = int(state.get("iteration", 0))
+        self.ema.load(state.get("ema", {}))
 
     # mask <-> diffusion space ------------------------------------------------------------
     def encode_mask(self, mask: torch.Tensor) -> torch.Tensor:
@@ -100,6 +103,8 @@ class MedSegDiffMethod(MethodPlugin):
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
+        if self.ema.enabled:
+            self.ema.update({"denoiser": unwrap(self.denoiser), "condition": unwrap(self.condition)})
         self.iteration += 1
         return {"loss": loss.item(), **logs}
 
@@ -117,7 +122,8 @@ class MedSegDiffMethod(MethodPlugin):
                        generator: torch.Generator | None = None) -> torch.Tensor:
         """All members as one batch: ``noise`` (E·B, C, H, W) member-major, ``cond`` computed for the B images."""
         tiled = cond.repeat(members)
-        return diffusion.sample(lambda x, t: self.denoiser(x, t, tiled), noise, budget, self.hparams["timesteps"],
+        denoiser = self.ema.model("denoiser", unwrap(self.denoiser))
+        return diffusion.sample(lambda x, t: denoiser(x, t, tiled), noise, budget, self.hparams["timesteps"],
                                 generator)
 
     def predict(self, images: torch.Tensor, budget: Budget, generator: torch.Generator | None = None) -> Prediction:
@@ -125,7 +131,7 @@ class MedSegDiffMethod(MethodPlugin):
         c, (h, w) = self.task.num_classes, images.shape[-2:]
         noise = torch.randn((e * b, c, h, w), generator=generator,
                             device=generator.device if generator is not None else images.device).to(images.device)
-        cond = self.condition(images)  # once per image, shared by every step and member
+        cond = self.ema.model("condition", unwrap(self.condition))(images)  # once per image, for every step and member
         x = self.sample_members(cond, e, noise, budget, _device_generator(generator, images.device))
         member_probs = self.decode_sample(x).view(e, b, c, h, w)
         if self.hparams["final_output"] == "official_v1_mix":

@@ -20,6 +20,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "cal_head": False, "lambda_cal": 10.0, "cal_loss": "mse", "final_output": "diffusion",
         "timesteps": 100, "mask_scale": "pm1", "ensemble_fusion": "mean",
         "lr": 1e-3, "weight_decay": 0.0, "batch_size": 2, "max_iterations": 50,
+        "ema_decay": 0.95,  # a short memory for runs of a few hundred steps (measured: steadier Dice than 0 or 0.99)
     },
     "paper": {
         "image_size": 256, "model_channels": 128, "channel_mult": [1, 1, 2, 2, 4, 4], "num_res_blocks": 2,
@@ -29,6 +30,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "cal_head": False, "lambda_cal": 10.0, "cal_loss": "mse", "final_output": "diffusion",
         "timesteps": 1000, "mask_scale": "pm1", "ensemble_fusion": "mean",
         "lr": 1e-4, "weight_decay": 0.0, "batch_size": 8, "max_iterations": 100_000,
+        "ema_decay": 0.9999,  # the official rate
     },
 }
 

@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
 
+from segarena.methods.common.ema import ParamEMA
 from segarena.methods.common.ensemble import fuse
 from segarena.methods.sdseg.autoencoder import (
     ae_loss,
@@ -25,7 +25,6 @@ from segarena.methods.sdseg.autoencoder import (
     masks_to_ae_input,
 )
 from segarena.methods.sdseg.condition import ConditionEncoder
-from segarena.methods.sdseg.ema import ParamEMA
 from segarena.methods.sdseg.latent import (
     build_denoiser,
     build_scheduler,
@@ -176,9 +175,8 @@ class SDSegMethod(MethodPlugin):
     # inference -------------------------------------------------------------------------
     def predict(self, images: torch.Tensor, budget: Budget, generator: torch.Generator | None = None) -> Prediction:
         e, (b, c) = budget.ensemble, (images.shape[0], self.task.num_classes)
-        unet, cond = unwrap(self.unet), unwrap(self.cond)
-        unet_params, cond_params = self.ema.params("unet", unet), self.ema.params("cond", cond)
-        cimg = functional_call(cond, cond_params, (images,)) if cond_params else cond(images)
+        unet = self.ema.model("unet", unwrap(self.unet))
+        cimg = self.ema.model("cond", unwrap(self.cond))(images)
         n = e * b * c  # rows ordered (member, image, class): one batch for the whole ensemble
         condition = cimg[None, :, None].expand(e, -1, c, -1, -1, -1).reshape(n, *cimg.shape[1:])
         labels = torch.arange(c, device=images.device).repeat(e * b) if c > 1 else None
@@ -186,7 +184,7 @@ class SDSegMethod(MethodPlugin):
         def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             x = torch.cat([z, condition], 1)
             kwargs = {"class_labels": labels}
-            return functional_call(unet, unet_params, (x, t), kwargs) if unet_params else unet(x, t, **kwargs)
+            return unet(x, t, **kwargs)
 
         gen_device = generator.device if generator is not None else images.device
         z_T = torch.randn((n, *cimg.shape[1:]), generator=generator, device=gen_device).to(images.device)

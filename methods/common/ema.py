@@ -1,10 +1,15 @@
 """Exponential moving average of parameters, kept as plain tensors (not a module, so the harness
-never wraps or moves it) and used at inference through ``torch.func.functional_call``."""
+never wraps or moves it) and used at inference through ``torch.func.functional_call``.
+Shared by the diffusion methods whose papers sample from EMA weights (SDSeg, MedSegDiff)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
+from torch.func import functional_call
 
 
 class ParamEMA:
@@ -35,6 +40,14 @@ class ParamEMA:
             return None
         device = next(module.parameters()).device
         return {n: s.to(device) for n, s in self.shadow[key].items()}
+
+    def model(self, key: str, module: nn.Module) -> Callable[..., Any]:
+        """``module`` itself, or a callable that runs it with the averaged parameters (forward hooks,
+        such as the conformance nfe counter, still fire)."""
+        params = self.params(key, module)
+        if params is None:
+            return module
+        return lambda *args, **kwargs: functional_call(module, params, args, kwargs)
 
     def state(self) -> dict[str, dict[str, torch.Tensor]]:
         return {k: {n: s.detach().cpu().clone() for n, s in v.items()} for k, v in self.shadow.items()}
