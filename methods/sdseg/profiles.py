@@ -23,7 +23,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         # diffusion stage
         "num_train_timesteps": 1000, "beta_start": 0.0015, "beta_end": 0.0155,
         "lr": 1e-3, "cond_lr_mult": 1.0, "weight_decay": 0.01, "warmup_steps": 0, "latent_loss_weight": 1.0,
-        "cond_dropout": 0.0, "ema_decay": 0.0, "flip": False, "fusion": "mean",
+        "cond_dropout": 0.0, "ema_decay": 0.95, "flip": False, "fusion": "mean",
     },
     "paper": {
         "image_size": [256, 256], "batch_size": 4,
