@@ -15,6 +15,8 @@ methods:
     profile: tiny
   - name: nanny
     profile: tiny
+  - name: boomy
+    profile: tiny
 datasets:
   - name: synthetic
     params: {size: 32, n_cases: 16}
@@ -27,6 +29,7 @@ evaluation: {timing_repeats: 2, timing_warmup: 1, throughput_batch: 2, val_cases
 @pytest.mark.ray
 def test_suite_runs_reruns_without_duplicates_and_ranks(ray_session, tmp_path, make_plugin_dir):
     plugins = make_plugin_dir("nanny", fail="nan")
+    make_plugin_dir("boomy", fail="raise")
     suite = tmp_path / "e2e.yaml"
     suite.write_text(SUITE)
     workdir = tmp_path / "runs"
@@ -42,14 +45,16 @@ def test_suite_runs_reruns_without_duplicates_and_ranks(ray_session, tmp_path, m
 
     lines: list[str] = []
     first = run_suite(suite, workdir, plugin_dirs=[str(plugins)], echo=lines.append)
-    assert (first.total, first.skipped, first.orphans_marked, first.ran) == (2, 0, 1, 2)
-    assert [label for label, _ in first.failures] == ["nanny × synthetic · seed 0"]
-    assert "nan" in first.failures[0][1].lower()
-    assert any("epoch 2/2" in ln for ln in lines) and any(ln.startswith("[2/2 cells") for ln in lines)
+    assert (first.total, first.skipped, first.orphans_marked, first.ran) == (3, 0, 1, 3)
+    errors = dict(first.failures)
+    assert sorted(errors) == ["boomy × synthetic · seed 0", "nanny × synthetic · seed 0"]
+    assert "nan" in errors["nanny × synthetic · seed 0"].lower()
+    assert errors["boomy × synthetic · seed 0"] == "ValueError: boom from a plugin"
+    assert any("epoch 2/2" in ln for ln in lines) and any(ln.startswith("[3/3 cells") for ln in lines)
     assert tracker.client.get_run(orphan).info.status == "FAILED"
 
     second = run_suite(suite, workdir, plugin_dirs=[str(plugins)], echo=lines.append)
-    assert (second.skipped, second.ran) == (1, 1)  # unet skipped, the failed cell retried
+    assert (second.skipped, second.ran) == (1, 2)  # unet skipped, the failed cells retried
 
     train = tracker.runs([exp], KIND_TRAIN)
     finished = [r for r in train if r.info.status == "FINISHED"]
@@ -65,7 +70,8 @@ def test_suite_runs_reruns_without_duplicates_and_ranks(ray_session, tmp_path, m
     board, failed = leaderboard(tracker, "e2e")
     assert list(board["method"]) == ["unet"] and board.iloc[0]["n_seeds"] == 1
     assert board.iloc[0]["dice_mean"] == pytest.approx(run.data.metrics["dice"])
-    assert list(failed["method"]) == ["nanny"]
+    assert sorted(failed["method"]) == ["boomy", "nanny"]
+    assert "boom from a plugin" in failed.set_index("method").loc["boomy", "error"]
 
 
 DDP_SUITE = """
