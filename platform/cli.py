@@ -137,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our progress lines replace Tune's tables
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no schema-creation INFO lines
     args = build_parser().parse_args(argv)
     if not hasattr(args, "plugins"):
         args.plugins = []
