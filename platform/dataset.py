@@ -122,7 +122,7 @@ class DatasetPlugin(ABC):
             return Split.from_dict(json.loads(path.read_text()))
         split = self.make_split(self.cases(), seed)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # unique: concurrent writers never collide
         tmp.write_text(json.dumps(split.as_dict(), indent=1))
         tmp.replace(path)
         return split

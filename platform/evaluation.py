@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from segarena.platform.dataset import Case
-from segarena.platform.metrics import aggregate, per_case_metrics
+from segarena.platform.metrics import aggregate, overlap, per_case_metrics
 from segarena.platform.plugin import Budget, MethodPlugin, Task
 from segarena.platform.timing import time_method
 
@@ -30,8 +30,7 @@ def _batches(cases: Sequence[Case], size: int) -> list[list[Case]]:
 
 
 def _dice(a: torch.Tensor, b: torch.Tensor) -> float:
-    s = int(a.sum()) + int(b.sum())
-    return 1.0 if s == 0 else 2 * int((a & b).sum()) / s
+    return overlap(a, b)[0]
 
 
 def predict_cases(method: MethodPlugin, cases: Sequence[Case], budget: Budget, task: Task, device: torch.device,
@@ -71,12 +70,13 @@ def score_cases(cases: Sequence[Case], masks: dict[str, torch.Tensor], class_nam
         if case.volume is not None:
             volumes[case.volume].append(case)
         else:
-            rows += per_case_metrics(masks[case.case_id], case.mask, case.spacing, case.case_id, class_names)
+            rows += per_case_metrics(masks[case.case_id], case.mask, case.spacing, case.case_id, class_names,
+                                     channels_first=True)
     for vol, slices in volumes.items():
         slices.sort(key=lambda c: c.slice_index or 0)
         pred = torch.stack([masks[c.case_id] for c in slices], -1)
         gt = torch.stack([c.mask.bool() for c in slices], -1)
-        rows += per_case_metrics(pred, gt, slices[0].spacing, vol, class_names)
+        rows += per_case_metrics(pred, gt, slices[0].spacing, vol, class_names, channels_first=True)
     return pd.DataFrame(rows)
 
 

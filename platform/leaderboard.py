@@ -14,11 +14,12 @@ import numpy as np
 import pandas as pd
 
 from segarena.platform.errors import SegarenaError
+from segarena.platform.metrics import aggregate
 from segarena.platform.tracking import KIND_EVAL, KIND_TRAIN, PREFIX, STATUS_FINISHED, Tracker
 
 SCORES = ("dice", "iou", "hd95")
 COSTS = ("latency_ms", "nfe")
-KEYS = ["suite", "dataset", "method", "profile", "budget"]
+KEYS = ["suite", "dataset", "method", "variant", "profile", "budget"]
 
 
 def _tag(run, name: str) -> str | None:
@@ -26,8 +27,9 @@ def _tag(run, name: str) -> str | None:
 
 
 def seed_scores(tracker: Tracker, suite: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One row per (suite, dataset, method, profile, budget, seed) with scores recomputed from
-    per-case rows, and one row per failed cell (not superseded by a finished run)."""
+    """One row per (suite, dataset, method variant, budget, seed) with scores recomputed from
+    per-case rows (the newest run of each cell), and one row per failed cell not superseded by a
+    finished run. A variant is a cell without its seed: other hparams or epochs make another row."""
     exps = tracker.experiments()
     if suite is not None:
         exps = [e for e in exps if e.name == suite]
@@ -44,18 +46,16 @@ def seed_scores(tracker: Tracker, suite: str | None = None) -> tuple[pd.DataFram
     for run in evals:
         if _tag(run, "parent") not in finished_parents or run.info.status != "FINISHED":
             continue
-        key = (_tag(run, "suite"), _tag(run, "dataset"), _tag(run, "method"), _tag(run, "profile"),
-               _tag(run, "budget"), _tag(run, "seed"))
-        if key in seen:
+        if (_tag(run, "cell"), _tag(run, "budget")) in seen:
             continue  # an older run of the same cell and budget
-        seen.add(key)
+        seen.add((_tag(run, "cell"), _tag(run, "budget")))
         per_case = tracker.load_table(run.info.run_id)
-        case_scores = per_case.groupby("case_id")[list(SCORES)].mean()
-        row = dict(zip([*KEYS, "seed"], key, strict=True))
-        row.update({k: float(case_scores[k].mean()) for k in SCORES})
+        scores = aggregate(per_case)  # the same case-then-dataset means as the logged metrics
+        row = {k: _tag(run, k) or "" for k in KEYS} | {"seed": _tag(run, "seed")}
+        row.update({k: scores[k] for k in SCORES})
         row.update({k: run.data.metrics.get(k, np.nan) for k in COSTS})
         row["hd95_unit"] = per_case["hd95_unit"].iloc[0] if len(per_case) else ""
-        row["n_cases"] = len(case_scores)
+        row["n_cases"] = int(scores["n_cases"])
         row["run_id"] = run.info.run_id
         rows.append(row)
     failures = []
@@ -63,9 +63,9 @@ def seed_scores(tracker: Tracker, suite: str | None = None) -> tuple[pd.DataFram
         if run.info.status == "FAILED" and _tag(run, "cell") not in finished_cells:
             failures.append({"suite": _tag(run, "suite"), "dataset": _tag(run, "dataset"),
                              "method": _tag(run, "method"), "seed": _tag(run, "seed"),
-                             "error": _tag(run, "error") or "", "run_id": run.info.run_id})
-    failed = pd.DataFrame(failures, columns=["suite", "dataset", "method", "seed", "error", "run_id"])
-    failed = failed.drop_duplicates(["suite", "dataset", "method", "seed"])
+                             "error": _tag(run, "error") or "", "run_id": run.info.run_id, "cell": _tag(run, "cell")})
+    failed = pd.DataFrame(failures, columns=["suite", "dataset", "method", "seed", "error", "run_id", "cell"])
+    failed = failed.drop_duplicates(["cell"]).drop(columns=["cell"])
     return pd.DataFrame(rows, columns=[*KEYS, "seed", *SCORES, *COSTS, "hd95_unit", "n_cases", "run_id"]), failed
 
 
@@ -102,9 +102,15 @@ def _pm_column(board: pd.DataFrame, key: str, digits: int) -> list[str]:
                                                     strict=True)]
 
 
+def _method_labels(board: pd.DataFrame) -> list[str]:
+    """The method's name, with its variant id where one suite and dataset hold several variants of it."""
+    n = board.groupby(["suite", "dataset", "method"])["variant"].transform("nunique")
+    return [f"{m}·{v[:6]}" if k > 1 else m for m, v, k in zip(board["method"], board["variant"], n, strict=True)]
+
+
 def display_frame(board: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({
-        "suite": board["suite"], "dataset": board["dataset"], "rank": board["rank"], "method": board["method"],
+        "suite": board["suite"], "dataset": board["dataset"], "rank": board["rank"], "method": _method_labels(board),
         "budget": board["budget"],
         "dice": _pm_column(board, "dice", 4),
         "iou": _pm_column(board, "iou", 4),

@@ -42,21 +42,29 @@ def hd95(pred: torch.Tensor, gt: torch.Tensor, spacing: Sequence[float] | None) 
     return float(value.reshape(-1)[0])
 
 
+def overlap(pred: torch.Tensor, gt: torch.Tensor) -> tuple[float, float]:
+    """Dice and IoU of two boolean masks, no epsilon: both empty → (1, 1), exactly one empty → (0, 0)."""
+    inter, n_p, n_g = int((pred & gt).sum()), int(pred.sum()), int(gt.sum())
+    if n_p + n_g == 0:
+        return 1.0, 1.0
+    return 2 * inter / (n_p + n_g), inter / (n_p + n_g - inter)
+
+
 def per_case_metrics(pred: Any, gt: Any, spacing: Sequence[float] | None = None, case_id: str = "case",
-                     class_names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+                     class_names: Sequence[str] | None = None, channels_first: bool | None = None
+                     ) -> list[dict[str, Any]]:
     """Rows (one per foreground class) for one case.
 
     pred, gt: numpy arrays or torch tensors of shape (C, *spatial) (C foreground channels), or
     (*spatial) for a single class; any dtype, non-zero = foreground. spacing: one value per
-    spatial axis (mm) or None for pixels.
+    spatial axis (mm) or None for pixels. ``channels_first=True`` says the first axis is always
+    the class axis; left None, a 2D array, or one whose rank equals len(spacing), is one class.
     """
     p, g = _as_bool(pred), _as_bool(gt)
     if p.shape != g.shape:
         raise ValueError(f"{case_id}: prediction shape {tuple(p.shape)} != ground truth {tuple(g.shape)}")
-    if p.ndim in (2, 3) and spacing is not None and len(spacing) == p.ndim:
+    if not channels_first and (p.ndim == 2 or (spacing is not None and len(spacing) == p.ndim)):
         p, g = p[None], g[None]  # single class given without channel axis
-    elif p.ndim == 2:
-        p, g = p[None], g[None]
     spatial = tuple(p.shape[1:])
     if spacing is not None and len(spacing) != len(spatial):
         raise ValueError(f"{case_id}: spacing {tuple(spacing)} does not match spatial shape {spatial}")
@@ -64,14 +72,13 @@ def per_case_metrics(pred: Any, gt: Any, spacing: Sequence[float] | None = None,
     rows = []
     for c in range(p.shape[0]):
         pc, gc = p[c], g[c]
-        inter, n_p, n_g = int((pc & gc).sum()), int(pc.sum()), int(gc.sum())
+        n_p, n_g = int(pc.sum()), int(gc.sum())
+        dice, iou = overlap(pc, gc)
         if n_p == 0 and n_g == 0:
-            dice, iou, hd = 1.0, 1.0, 0.0
+            hd = 0.0
         elif n_p == 0 or n_g == 0:
-            dice, iou, hd = 0.0, 0.0, diagonal(spatial, spacing)
+            hd = diagonal(spatial, spacing)
         else:
-            dice = 2 * inter / (n_p + n_g)
-            iou = inter / (n_p + n_g - inter)
             hd = hd95(pc, gc, spacing)
         rows.append({"case_id": case_id, "class": class_names[c] if class_names else str(c + 1),
                      "dice": dice, "iou": iou, "hd95": hd, "hd95_unit": unit, "gt_empty": n_g == 0,

@@ -108,18 +108,19 @@ def discover(plugin_dirs: Sequence[str | os.PathLike] = (), use_env: bool = True
             dist = ep.dist.name if ep.dist else "?"
             source = "built-in" if dist == "segarena" else f"entry point {dist}"
             registry.add(PluginInfo(ep.name, kind, source, loader=partial(_load_entry_point, ep, kind, source)))
-    dirs = [Path(d) for d in plugin_dirs]
-    if use_env and os.environ.get(PLUGIN_PATH_ENV):
-        dirs += [Path(p) for p in os.environ[PLUGIN_PATH_ENV].split(os.pathsep) if p]
-    seen: set[Path] = set()
-    for folder in dirs:
-        folder = folder.resolve()
-        if folder in seen:
-            continue
-        seen.add(folder)
+    for folder in plugin_folders(plugin_dirs, use_env):
         for info in folder_plugins(folder):
             registry.add(info)
     return registry
+
+
+def plugin_folders(plugin_dirs: Sequence[str | os.PathLike] = (), use_env: bool = True) -> list[Path]:
+    """The plugin folders in effect: the given ones, then ``SEGARENA_PLUGIN_PATH``'s, resolved, once each.
+    The runner hands exactly this list to its workers, which do not read the environment themselves."""
+    dirs = [Path(d) for d in plugin_dirs]
+    if use_env and os.environ.get(PLUGIN_PATH_ENV):
+        dirs += [Path(p) for p in os.environ[PLUGIN_PATH_ENV].split(os.pathsep) if p]
+    return list(dict.fromkeys(d.resolve() for d in dirs))
 
 
 def _load_entry_point(ep: EntryPoint, kind: str, source: str) -> type:

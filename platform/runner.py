@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -13,7 +15,7 @@ from pathlib import Path
 from segarena.platform.cell_data import load_cell_data
 from segarena.platform.errors import SegarenaError
 from segarena.platform.fingerprint import git_sha
-from segarena.platform.registry import discover
+from segarena.platform.registry import discover, plugin_folders
 from segarena.platform.suite import Cell, expand, load_suite
 from segarena.platform.tracking import Tracker, default_tracking_uri
 
@@ -67,8 +69,8 @@ def _init_ray(address: str | None, verbose: bool) -> tuple[bool, float]:
         os.environ.setdefault("RAY_AUTH_MODE", "token")  # `ray start` clusters need the token (stack.md P2)
         ray.init(address=address, log_to_driver=verbose, logging_level="WARNING", runtime_env={"env_vars": env})
     else:
-        ray.init(num_cpus=os.cpu_count(), log_to_driver=verbose, logging_level="WARNING",
-                 configure_logging=True)
+        # Ray's own CPU detection honours cgroup quotas and affinity; os.cpu_count() does not.
+        ray.init(log_to_driver=verbose, logging_level="WARNING", configure_logging=True)
     return True, time.time() - t0
 
 
@@ -85,6 +87,31 @@ def run_suite(suite: str | Path, workdir: str | Path = "segarena-runs", *, addre
     for d in {(c.dataset, c.dataset_path, repr(sorted(c.dataset_params.items())), c.seed): c for c in cells}.values():
         load_cell_data(registry, d.dataset, d.dataset_path, d.dataset_params, cache_dir, d.seed)
     workdir.mkdir(parents=True, exist_ok=True)
+    with suite_lock(workdir, spec.name):
+        return _run_locked(spec, path, cells, workdir, tracking_uri, plugin_dirs, address, verbose, echo, t_start)
+
+
+@contextmanager
+def suite_lock(workdir: Path, suite: str) -> Iterator[None]:
+    """One driver per suite and work dir: a second one would mark the first one's live cells as
+    orphans and train them again."""
+    path = workdir / "locks" / f"{suite}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SegarenaError(f"suite {suite!r} is already running from {workdir} (lock {path}); wait for "
+                                "it or stop it first") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _run_locked(spec, path: Path, cells: list[Cell], workdir: Path, tracking_uri: str | None,
+                plugin_dirs: Sequence[str], address: str | None, verbose: bool, echo: Callable[[str], None],
+                t_start: float) -> RunSummary:
     uri = tracking_uri or default_tracking_uri(workdir)
     tracker = Tracker(uri, workdir / "artifacts")
     exp_id = tracker.experiment(spec.name)
@@ -122,7 +149,7 @@ def _run_cells(todo: list[Cell], res: dict, spec, uri: str, workdir: Path, exp_i
              + (f" · ray started in {ray_s:.1f}s" if started else ""))
         settings = {"tracking_uri": uri, "artifact_root": str(workdir / "artifacts"), "experiment_id": exp_id,
                     "storage_path": str(workdir / "ray"), "cache_dir": str(workdir / "cache"),
-                    "plugin_dirs": [str(Path(p).resolve()) for p in plugin_dirs], "resources": res,
+                    "plugin_dirs": [str(p) for p in plugin_folders(plugin_dirs)], "resources": res,
                     "failure_retries": spec.failure_retries, "device": device,
                     "segarena_version": version("segarena"), "git_sha": git_sha()}
         progress = Progress(len(todo), concurrency, echo)

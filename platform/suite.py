@@ -110,6 +110,13 @@ class Cell:
         return stable_hash({"api": API_VERSION, **d})[:20]
 
     @property
+    def variant(self) -> str:
+        """Hash of the cell without its seed: the seeds of one variant are averaged on the leaderboard,
+        two variants of one method (other hparams, epochs, ...) stay separate rows."""
+        d = {k: v for k, v in self.as_dict().items() if k not in ("suite", "seed")}
+        return stable_hash({"api": API_VERSION, **d})[:12]
+
+    @property
     def label(self) -> str:
         return f"{self.method} × {self.dataset} · seed {self.seed}"
 

@@ -50,7 +50,8 @@ def cell_tags(cell: Cell, segarena_version: str, git_sha: str) -> dict[str, str]
         f"{PREFIX}seed": str(cell.seed), f"{PREFIX}profile": cell.profile, f"{PREFIX}cell": cell.key,
         f"{PREFIX}plugin_version": cell.plugin_version, f"{PREFIX}version": segarena_version,
         f"{PREFIX}git_sha": git_sha,
-        f"{PREFIX}budget": ",".join(f"{b['sampler']}{b['steps']}-e{b['ensemble']}" for b in cell.budgets),
+        f"{PREFIX}budget": ",".join(b.name for b in cell.budget_objects()),
+        f"{PREFIX}variant": cell.variant,
     }
 
 
@@ -131,6 +132,9 @@ class Tracker:
                     metrics.append(Metric(str(k), float(v), now, int(row["epoch"])))
         for i in range(0, len(metrics), 900):
             _retry(lambda i=i: self.client.log_batch(run_id, metrics=metrics[i:i + 900], synchronous=True))
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        _retry(lambda: self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()], synchronous=True))
 
     def fail_cell(self, run_id: str, error: str) -> None:
         tags = [RunTag(f"{PREFIX}status", STATUS_FAILED), RunTag(f"{PREFIX}error", error[:4900])]

@@ -52,11 +52,18 @@ def run_cell(config: dict[str, Any]) -> None:
             callbacks=[TuneReportCallback()]))
     try:
         result = trainer.fit()
-    except Exception as exc:
+        timing = _log_results(tracker, run_id, cell, tags, s, result, t0)
+    except Exception as exc:  # recorded as the cell's failure; the other cells go on
         message = error_line(exc)
         tracker.fail_cell(run_id, message)
         tune.report({"cell_status": "failed", "error": message})
         return
+    tune.report({"cell_status": "finished", **timing})
+
+
+def _log_results(tracker: Tracker, run_id: str, cell: Cell, tags: dict[str, str], s: dict[str, Any],
+                 result: Any, t0: float) -> dict[str, float]:
+    """Everything the worker handed back → the cell's MLflow run (FINISHED only once all is logged)."""
     with result.checkpoint.as_directory() as d:
         out = json.loads((Path(d) / RESULTS_FILE).read_text())
         per_case = pd.read_parquet(Path(d) / PER_CASE_FILE)
@@ -70,14 +77,14 @@ def run_cell(config: dict[str, Any]) -> None:
              "harness/compute_s": compute, "harness/handback_s": t_fit - tm["evaluated_at"],
              "parameters": float(out["parameters"])}
     files = {"config.json": {"cell": cell.as_dict(), "cell_key": cell.key, "task": out["task"],
-                             "resources": res, "dataset_hash": out["dataset_hash"]},
+                             "resources": s["resources"], "dataset_hash": out["dataset_hash"]},
              "environment.json": out["fingerprint"], "split.json": out["split"]}
-    tracker.client.set_tag(run_id, "segarena.dataset_hash", out["dataset_hash"])
+    tags = {**tags, "segarena.dataset_hash": out["dataset_hash"]}
+    tracker.set_tags(run_id, {"segarena.dataset_hash": out["dataset_hash"]})
     t_log = time.time()
-    tracker.finish_cell(s["experiment_id"], run_id, cell, {**tags, "segarena.dataset_hash": out["dataset_hash"]},
-                        out["results"], per_case, files, extra)
+    tracker.finish_cell(s["experiment_id"], run_id, cell, tags, out["results"], per_case, files, extra)
     wall = time.time() - t0
     timing = {**extra, "harness/logging_s": time.time() - t_log, "harness/cell_wall_s": wall,
               "harness/overhead_s": wall - compute}
     tracker.log_metrics(run_id, {k: v for k, v in timing.items() if k not in extra})  # after: it measures logging
-    tune.report({"cell_status": "finished", **timing})
+    return timing

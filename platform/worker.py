@@ -61,11 +61,13 @@ def train_epoch(method: MethodPlugin, data: tuple[torch.Tensor, torch.Tensor], c
                 world: int, device: torch.device) -> dict[str, float]:
     images, masks = data
     gen = torch.Generator().manual_seed(cell.seed * 100_003 + epoch)
-    order = torch.randperm(len(images), generator=gen)[rank::world]
+    perm = torch.randperm(len(images), generator=gen)
+    order = perm[rank::world] if len(perm) >= world else perm
     bs = int(cell.hparams.get("batch_size", 4))
     # One pass over the data, or exactly `steps_per_epoch` steps cycling through it, so that training
-    # length does not depend on the dataset's size when a suite fixes it.
-    steps = cell.steps_per_epoch or max(1, math.ceil(len(order) / bs))
+    # length does not depend on the dataset's size when a suite fixes it. Every rank runs the same
+    # number of steps (from the largest shard): DDP ranks that step differently wait on each other forever.
+    steps = cell.steps_per_epoch or max(1, math.ceil(math.ceil(len(perm) / world) / bs))
     sums: dict[str, float] = {}
     method.train()
     for s in range(steps):

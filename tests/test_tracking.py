@@ -130,3 +130,22 @@ def test_formats(tracker, suite, tmp_path, fmt):
         assert pd.read_parquet(out)["dice_mean"].iloc[0] == pytest.approx(0.5)
     else:
         assert "unet" in out.read_text()
+
+
+def test_cell_budget_tag_uses_budget_names(tracker, suite):
+    run = tracker.client.get_run(finish(tracker, tracker.experiment(suite), make_cell(suite), [0.5]))
+    assert run.data.tags["segarena.budget"] == "direct-e1"
+
+
+def test_two_variants_of_a_method_stay_separate_rows(tracker, suite):
+    from dataclasses import replace
+
+    exp = tracker.experiment(suite)
+    base = make_cell(suite)
+    other = replace(base, hparams={"lr": 0.01})
+    finish(tracker, exp, base, [0.4])
+    finish(tracker, exp, other, [0.8])
+    board, _ = leaderboard(tracker, suite)
+    assert sorted(board["dice_mean"]) == pytest.approx([0.4, 0.8]) and set(board["n_seeds"]) == {1}
+    labels = render(board, _, "table")
+    assert f"unet·{other.variant[:6]}" in labels and f"unet·{base.variant[:6]}" in labels
