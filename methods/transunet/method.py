@@ -39,7 +39,6 @@ class TransUNetMethod(SupervisedTrainer, MethodPlugin):
     version: ClassVar[str] = "0.1.0"
     paper: ClassVar[str] = ("Chen, Lu, Yu, Luo, Adeli, Wang, Lu, Yuille, Zhou. TransUNet: Transformers Make Strong "
                             "Encoders for Medical Image Segmentation. arXiv:2102.04306, 2021")
-    denoiser: ClassVar[str] = "net"
     PROFILES = PROFILES
 
     def __init__(self, hparams: dict[str, Any], task: Task) -> None:

@@ -29,7 +29,6 @@ class UNetMethod(SupervisedTrainer, MethodPlugin):
     version: ClassVar[str] = "0.1.0"
     paper: ClassVar[str] = ("Ronneberger, Fischer, Brox. U-Net: Convolutional Networks for Biomedical "
                             "Image Segmentation. MICCAI 2015")
-    denoiser: ClassVar[str] = "net"
     PROFILES = PROFILES
 
     def __init__(self, hparams: dict[str, Any], task: Task) -> None:

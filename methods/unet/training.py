@@ -22,6 +22,7 @@ class SupervisedTrainer:
     Subclasses set ``PROFILES`` (their defaults as data, next to the model)."""
 
     net: torch.nn.Module
+    denoiser: ClassVar[str] = "net"  # the one network: nfe = 1 forward per image
     PROFILES: ClassVar[dict[str, dict[str, Any]]]
 
     @classmethod
