@@ -103,18 +103,20 @@ class Cell:
     steps_per_epoch: int | None
     evaluation: dict[str, Any]
 
+    def _hash(self, leave_out: tuple[str, ...], length: int) -> str:
+        d = {k: v for k, v in self.as_dict().items() if k not in leave_out}
+        return stable_hash({"api": API_VERSION, **d})[:length]
+
     @property
     def key(self) -> str:
         """Hash of everything that defines the cell's result (not the suite name or resources)."""
-        d = {k: v for k, v in self.as_dict().items() if k != "suite"}
-        return stable_hash({"api": API_VERSION, **d})[:20]
+        return self._hash(("suite",), 20)
 
     @property
     def variant(self) -> str:
         """Hash of the cell without its seed: the seeds of one variant are averaged on the leaderboard,
         two variants of one method (other hparams, epochs, ...) stay separate rows."""
-        d = {k: v for k, v in self.as_dict().items() if k not in ("suite", "seed")}
-        return stable_hash({"api": API_VERSION, **d})[:12]
+        return self._hash(("suite", "seed"), 12)
 
     @property
     def label(self) -> str:
