@@ -108,6 +108,11 @@ class MNI152GreyMatter(_SingleVolume):
     class_names: ClassVar[tuple[str, ...]] = ("grey_matter",)
     volume_id: ClassVar[str] = "mni152"
     root_env: ClassVar[str | None] = "SEGARENA_MNI152_ROOT"
+    download_url: ClassVar[str] = "https://nist.mni.mcgill.ca/icbm-152-nonlinear-atlases-2009/"
+    layout: ClassVar[str] = ("<root>/   (default: the nilearn wheel's nilearn/datasets/data/)\n"
+                             "  mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz\n"
+                             "  mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz\n"
+                             "  mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz")
 
     def __init__(self, root: Any = None, cache_dir: Any = None, *, gm_threshold: float = 0.5, **params: Any) -> None:
         super().__init__(root, cache_dir, gm_threshold=gm_threshold, **params)
@@ -170,6 +175,10 @@ class Colin27Brain(_SingleVolume):
     class_names: ClassVar[tuple[str, ...]] = ("brain",)
     volume_id: ClassVar[str] = "colin27"
     root_env: ClassVar[str | None] = "SEGARENA_COLIN27_ROOT"
+    download_url: ClassVar[str] = "https://packages.debian.org/bookworm/mricron-data"
+    layout: ClassVar[str] = ("<root>/   (default: /usr/share/mricron/templates/ from `apt-get install mricron-data`)\n"
+                             "  ch2.nii.gz       T1 with skull (image)\n"
+                             "  ch2bet.nii.gz    skull-stripped twin (mask = > 0)")
 
     def default_folder(self) -> Path | None:
         return MRICRON_TEMPLATES

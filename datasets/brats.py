@@ -41,6 +41,14 @@ class BraTS2021(SlicedVolumeDataset):
                                   "(WT, TC, ET). Axial slices, re-assembled per case before scoring; seeded split "
                                   "by patient (validation cases have no seg).")
     root_env: ClassVar[str | None] = "SEGARENA_BRATS2021_ROOT"
+    download_url: ClassVar[str] = "https://www.synapse.org/#!Synapse:syn25829067"
+    layout: ClassVar[str] = ("<root>/BraTS2021_Training_Data/   (or the case folders directly under <root>)\n"
+                             "  BraTS2021_00000/\n"
+                             "    BraTS2021_00000_flair.nii.gz\n"
+                             "    BraTS2021_00000_t1.nii.gz\n"
+                             "    BraTS2021_00000_t1ce.nii.gz\n"
+                             "    BraTS2021_00000_t2.nii.gz\n"
+                             "    BraTS2021_00000_seg.nii.gz")
     label_values: ClassVar[tuple[int, ...]] = (0, 1, 2, 4)
     exclusive: ClassVar[bool] = False
     preprocessing: ClassVar[dict[str, Any]] = {"size": 64, "fit": "resize", "norm": "zscore_nonzero", "channels": 4}

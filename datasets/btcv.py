@@ -34,6 +34,11 @@ class BTCV(SlicedVolumeDataset):
                                   "window [-125, 275] -> [0, 1]; Synapse train/test case lists as the official "
                                   "split. Axial slices re-assembled per case before scoring.")
     root_env: ClassVar[str | None] = "SEGARENA_BTCV_ROOT"
+    download_url: ClassVar[str] = "https://www.synapse.org/#!Synapse:syn3193805"
+    layout: ClassVar[str] = ("<root>/RawData/   (or Training/ directly under <root>)\n"
+                             "  Training/\n"
+                             "    img/img0001.nii.gz ...\n"
+                             "    label/label0001.nii.gz ...")
     label_values: ClassVar[tuple[int, ...]] = tuple(range(14))
     preprocessing: ClassVar[dict[str, Any]] = {"size": 64, "fit": "resize", "norm": "window",
                                                "window": (-125.0, 275.0), "channels": 1}

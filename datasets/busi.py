@@ -25,6 +25,11 @@ class BUSI(PairedImageDataset):
                                   "masks; 3-channel grey is read as grey. include_normal: false drops them. Seeded "
                                   "split (no official one).")
     root_env: ClassVar[str | None] = "SEGARENA_BUSI_ROOT"
+    download_url: ClassVar[str] = "https://scholar.cu.edu.eg/?q=afahmy/pages/dataset"
+    layout: ClassVar[str] = ("<root>/Dataset_BUSI_with_GT/   (or the class folders directly under <root>)\n"
+                             "  benign/     'benign (1).png', 'benign (1)_mask.png' [, 'benign (1)_mask_1.png']\n"
+                             "  malignant/  'malignant (1).png', 'malignant (1)_mask.png'\n"
+                             "  normal/     'normal (1).png', 'normal (1)_mask.png'")
     preprocessing: ClassVar[dict[str, Any]] = {"size": 64, "fit": "resize", "norm": "scale", "scale": 255.0,
                                                "channels": 1}
 

@@ -22,6 +22,11 @@ class DDTI(PairedImageDataset):
                                   "mask_dir). Masks 0/1 or 0/255, binarised > 0. The original XML-polygon release "
                                   "is not read.")
     root_env: ClassVar[str | None] = "SEGARENA_DDTI_ROOT"
+    download_url: ClassVar[str] = "http://cimalab.unal.edu.co/applications/thyroid/"
+    layout: ClassVar[str] = ("<root>/[DDTI/]   either\n"
+                             "  image/<id>.PNG + mask/<id>.PNG                        (TN-SCUI style)\n"
+                             "or\n"
+                             "  images/{training,test}/<id>.* + annotations/{training,test}/<id>.*   (TUD re-split)")
     mask_values: ClassVar[tuple[int, ...] | None] = (0, 1, 255)
     mask_threshold: ClassVar[int] = 0
     preprocessing: ClassVar[dict[str, Any]] = {"size": 64, "fit": "resize", "norm": "scale", "scale": 255.0,

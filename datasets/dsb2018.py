@@ -37,6 +37,10 @@ class DSB2018Nuclei(PairedImageDataset):
                                   "with one tile column left out between parts. A microscopy sanity check, too "
                                   "small to rank methods; not a measure of generalisation.")
     root_env: ClassVar[str | None] = "SEGARENA_DSB2018_ROOT"
+    download_url: ClassVar[str] = "https://bbbc.broadinstitute.org/BBBC038"
+    layout: ClassVar[str] = ("<root>/   (default: the stardist 0.9.2 wheel's stardist/data/images/)\n"
+                             "  img2d.tif    512x512 nuclei image\n"
+                             "  mask2d.tif   instance labels")
     mask_values: ClassVar[tuple[int, ...] | None] = None  # instance ids: any non-negative integer
     mask_threshold: ClassVar[int] = 0
     class_names: ClassVar[tuple[str, ...]] = ("nucleus",)

@@ -27,6 +27,10 @@ class KvasirSEG(PairedImageDataset):
     description: ClassVar[str] = ("1000 polyp images Kvasir-SEG/images/<id>.jpg with masks/<id>.jpg (JPEG masks, "
                                   "binarised at > 128; lossy, so no label-set check). No official split: seeded.")
     root_env: ClassVar[str | None] = "SEGARENA_KVASIR_ROOT"
+    download_url: ClassVar[str] = "https://datasets.simula.no/kvasir-seg/"
+    layout: ClassVar[str] = ("<root>/Kvasir-SEG/   (or images/ and masks/ directly under <root>)\n"
+                             "  images/<id>.jpg\n"
+                             "  masks/<id>.jpg")
     mask_values: ClassVar[tuple[int, ...] | None] = None
     mask_threshold: ClassVar[int] = 128
 
@@ -49,6 +53,10 @@ class CVCClinicDB(PairedImageDataset):
                                   "one sequence are near-duplicates: give sequences: <csv of frame,sequence> to "
                                   "group them; without it each frame is its own group (leaky, flagged here).")
     root_env: ClassVar[str | None] = "SEGARENA_CVC_ROOT"
+    download_url: ClassVar[str] = "https://polyp.grand-challenge.org/CVCClinicDB/"
+    layout: ClassVar[str] = ("<root>/CVC-ClinicDB/   (or the folders directly under <root>)\n"
+                             "  Original/1.tif ...        or  PNG/Original/1.png ...\n"
+                             "  Ground Truth/1.tif ...        PNG/Ground Truth/1.png ...")
     mask_values: ClassVar[tuple[int, ...] | None] = None
 
     def __init__(self, root: Any = None, cache_dir: Any = None, *, sequences: str | None = None,

@@ -27,6 +27,10 @@ class ImageFolder(PairedImageDataset):
                                   "dataset.json {name, classes, spacing, modality, licence, citation, channels}. "
                                   "train/val/test folders are used as the official split.")
     root_env: ClassVar[str | None] = "SEGARENA_FOLDER_ROOT"
+    layout: ClassVar[str] = ("<root>/\n"
+                             "  dataset.json      optional: name, classes, spacing, modality, licence, citation\n"
+                             "  images/<id>.png   or train/, val/, test/ each holding images/ and masks/\n"
+                             "  masks/<id>.png    0 background, 255 (binary) or class ids 1..K")
 
     def __init__(self, root: Any = None, cache_dir: Any = None, **params: Any) -> None:
         super().__init__(root, cache_dir, **params)

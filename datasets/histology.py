@@ -31,6 +31,13 @@ class MoNuSeg(PairedImageDataset):
                                   "MonuSeg/{Training,Test}/{img,mask}. tile: N cuts 1000 px images into tiles "
                                   "(grouped by image).")
     root_env: ClassVar[str | None] = "SEGARENA_MONUSEG_ROOT"
+    download_url: ClassVar[str] = "https://monuseg.grand-challenge.org/Data/"
+    layout: ClassVar[str] = ("<root>/\n"
+                             "  MoNuSeg 2018 Training Data/\n"
+                             "    Tissue Images/TCGA-...-01Z-00-DX1.tif\n"
+                             "    Annotations/TCGA-...-01Z-00-DX1.xml\n"
+                             "  MoNuSegTestData/TCGA-....tif + TCGA-....xml\n"
+                             "or cDAL's conversion: MonuSeg/{Training,Test}/{img,mask}/")
     mask_values: ClassVar[tuple[int, ...] | None] = None  # XML polygons or cDAL's PNG (> 0)
     mask_threshold: ClassVar[int] = 0
 
@@ -66,6 +73,12 @@ class GlaS(PairedImageDataset):
                                   "<name>_anno.bmp (gland instances, > 0) and Grade.csv (patient ids group the "
                                   "images); official split, test_set A, B or AB (default).")
     root_env: ClassVar[str | None] = "SEGARENA_GLAS_ROOT"
+    download_url: ClassVar[str] = "https://warwick.ac.uk/fac/cross_fac/tia/data/glascontest/"
+    layout: ClassVar[str] = ("<root>/   (or one sub-folder holding Grade.csv)\n"
+                             "  Grade.csv\n"
+                             "  train_1.bmp, train_1_anno.bmp ... train_85\n"
+                             "  testA_1.bmp, testA_1_anno.bmp ... testA_60\n"
+                             "  testB_1.bmp, testB_1_anno.bmp ... testB_20")
     mask_values: ClassVar[tuple[int, ...] | None] = None  # instance ids
     mask_threshold: ClassVar[int] = 0
 

@@ -37,6 +37,12 @@ class ISIC2016(PairedImageDataset):
                                   "(ISBI2016_ISIC_Part3B_<Training|Test>_GroundTruth.csv with index, image path, mask "
                                   "path) or the Part 3B folders with masks next to the images.")
     root_env: ClassVar[str | None] = "SEGARENA_ISIC2016_ROOT"
+    download_url: ClassVar[str] = "https://challenge.isic-archive.com/landing/2016/37/"
+    layout: ClassVar[str] = ("<root>/\n"
+                             "  ISBI2016_ISIC_Part1_Training_Data/ISIC_0000000.jpg\n"
+                             "  ISBI2016_ISIC_Part1_Training_GroundTruth/ISIC_0000000_Segmentation.png\n"
+                             "  ISBI2016_ISIC_Part1_Test_Data/, ISBI2016_ISIC_Part1_Test_GroundTruth/\n"
+                             "or MedSegDiff's ISBI2016_ISIC_Part3B_{Training,Test}_GroundTruth.csv + _Data/ folders")
 
     def find_sources(self) -> list[Source]:
         root = self.root_dir()
@@ -86,6 +92,12 @@ class ISIC2018(PairedImageDataset):
                                   "and Test (1000) as released (official split; a seeded val is carved from "
                                   "training when Validation is absent).")
     root_env: ClassVar[str | None] = "SEGARENA_ISIC2018_ROOT"
+    download_url: ClassVar[str] = "https://challenge.isic-archive.com/data/#2018"
+    layout: ClassVar[str] = ("<root>/\n"
+                             "  ISIC2018_Task1-2_Training_Input/ISIC_0000000.jpg\n"
+                             "  ISIC2018_Task1_Training_GroundTruth/ISIC_0000000_segmentation.png\n"
+                             "  ISIC2018_Task1-2_Validation_Input/, ISIC2018_Task1_Validation_GroundTruth/ (optional)\n"
+                             "  ISIC2018_Task1-2_Test_Input/, ISIC2018_Task1_Test_GroundTruth/ (optional)")
 
     def find_sources(self) -> list[Source]:
         root = self.root_dir()

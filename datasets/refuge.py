@@ -46,6 +46,13 @@ class REFUGE(PairedImageDataset):
                                   "merge_val: true gives REFUGE2's 800/400). Also reads SDSeg's Train_crop/"
                                   "{images,masks} crops (test = names starting with T) with encoding: inverted.")
     root_env: ClassVar[str | None] = "SEGARENA_REFUGE_ROOT"
+    download_url: ClassVar[str] = "https://refuge.grand-challenge.org/"
+    layout: ClassVar[str] = ("<root>/\n"
+                             "  Training400/{Glaucoma,Non-Glaucoma}/g0001.jpg\n"
+                             "  Annotation-Training400/Disc_Cup_Masks/{Glaucoma,Non-Glaucoma}/g0001.bmp\n"
+                             "  REFUGE-Validation400/V0001.jpg + REFUGE-Validation400-GT/Disc_Cup_Masks/V0001.bmp\n"
+                             "  REFUGE-Test400/T0001.jpg + REFUGE-Test-GT/Disc_Cup_Masks/.../T0001.bmp\n"
+                             "or SDSeg's crops: Train_crop/{images,masks}/")
     mask_values: ClassVar[tuple[int, ...] | None] = (0, 128, 255)
 
     def __init__(self, root: Any = None, cache_dir: Any = None, *, encoding: str = "refuge_official",

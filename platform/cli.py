@@ -1,9 +1,17 @@
-"""The ``segarena`` command: run suites, read leaderboards, list and check plugins."""
+"""The segarena command: run suites, read leaderboards, list and check plugins, open the results.
+
+Building the parser stays cheap (no torch, Ray, MLflow or pandas): every command imports what it
+needs when it runs, so `segarena --help` answers at once. Subcommands that live in their own
+module expose `add_parser(sub)` and are listed in SUBCOMMAND_MODULES.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
+import re
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,12 +32,13 @@ def _store_args(p: argparse.ArgumentParser) -> None:
 
 
 def _tracker(args: argparse.Namespace):
-    from segarena.platform.tracking import Tracker, default_tracking_uri
+    from segarena.platform.tracking import Tracker
+    from segarena.platform.workdir import WorkDir
 
-    workdir = Path(args.workdir)
-    if args.tracking_uri is None and not (workdir / "mlflow.db").exists():
-        raise SegarenaError(f"no tracking store at {workdir / 'mlflow.db'}: run a suite first or give --tracking-uri")
-    return Tracker(args.tracking_uri or default_tracking_uri(workdir), workdir / "artifacts")
+    workdir = WorkDir.at(args.workdir)
+    if args.tracking_uri is None and not workdir.exists():
+        raise SegarenaError(f"no tracking store at {workdir.db}: run a suite first or give --tracking-uri")
+    return Tracker(args.tracking_uri or workdir.tracking_uri, workdir)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -38,8 +47,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     summary = run_suite(args.suite, args.workdir, address=args.address, tracking_uri=args.tracking_uri,
                         plugin_dirs=args.plugins, verbose=args.verbose)
-    print(f"\nsuite {summary.suite!r}: {summary.ran} cell(s) run, {summary.skipped} skipped as finished, "
-          f"{len(summary.failures)} failed · {summary.wall_s:.0f}s wall\n")
+    print(f"\nsuite {summary.suite!r}: {summary.trained} cell(s) trained, {summary.evaluated} evaluated from "
+          f"checkpoint, {summary.skipped} skipped as finished, {len(summary.failures)} failed · "
+          f"{summary.wall_s:.0f}s wall\n")
     board, failed = leaderboard(_tracker(args), summary.suite)
     print(render(board, failed, "table"))
     return 1 if summary.failures else 0
@@ -53,14 +63,38 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def paper_parts(paper: str) -> tuple[str, str, str]:
+    """(year, venue, title) of a reference written "Authors. Title. Venue Year" (first reference only)."""
+    first = paper.split(";")[0].strip().rstrip(".")
+    parts = [p.strip() for p in re.split(r"\.\s+", first) if p.strip()]
+    tail = parts[-1] if len(parts) > 1 else first
+    years = re.findall(r"\b(?:19|20)\d\d\b", tail)
+    year = years[-1] if years else ""
+    if len(parts) >= 3:
+        title = ". ".join(parts[1:-1])
+        venue = re.split(r"[\s,:(]*\d", tail.replace("arXiv:", "arXiv "), maxsplit=1)[0].strip(" ,")
+    elif len(parts) == 2:
+        title, venue = re.sub(r",?\s*\b(?:19|20)\d\d\b\s*$", "", parts[1]), ""
+    else:
+        title, venue = first, ""
+    return year, venue, title
+
+
 def cmd_plugins_list(args: argparse.Namespace) -> int:
+    from segarena.platform.cli_table import wrap_table
+    from segarena.platform.errors import PluginError
     from segarena.platform.registry import discover
 
-    rows = [(i.name, i.kind, i.version, i.source, i.paper) for i in discover(args.plugins).infos()]
-    widths = [max(len(str(r[k])) for r in [("name", "kind", "version", "source", "paper"), *rows]) for k in range(4)]
-    for r in [("name", "kind", "version", "source", "paper"), *rows]:
-        print("  ".join(str(v).ljust(w) for v, w in zip(r[:4], widths, strict=True)) + "  " + r[4][:90])
-    return 0
+    rows, broken = [], 0
+    for info in discover(args.plugins).infos():
+        try:
+            year, venue, title = paper_parts(info.paper)
+            rows.append((info.name, info.kind, info.version, year, venue, info.source, title))
+        except PluginError as exc:  # one broken plugin must not hide the others
+            broken += 1
+            rows.append((info.name, info.kind, "?", "", "", info.source, f"FAILED TO IMPORT: {exc}"))
+    print(wrap_table(("name", "kind", "version", "year", "venue", "source", "paper"), rows, flex=(4, 5, 6)))
+    return 1 if broken else 0
 
 
 def cmd_plugins_check(args: argparse.Namespace) -> int:
@@ -87,49 +121,162 @@ def cmd_plugins_check(args: argparse.Namespace) -> int:
 def cmd_suites(args: argparse.Namespace) -> int:
     import yaml
 
-    from segarena.benchmarks.shipped import shipped_suites
+    from segarena.benchmarks.shipped import SUITES_DIR, shipped_suites
+    from segarena.platform.cli_table import wrap_table
 
+    repo = SUITES_DIR.parent.parent  # benchmarks/suites/ → the repository (or the installed package) root
+    rows = []
     for name, path in shipped_suites().items():
-        print(f"{name:12s} {yaml.safe_load(path.read_text()).get('description', '')}  ({path})")
+        description = (yaml.safe_load(path.read_text()) or {}).get("description", "")
+        rows.append((name, _shown_path(path, repo), " ".join(str(description).split())))
+    print(wrap_table(("name", "file", "description"), rows, flex=(2,)))
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="segarena", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _shown_path(path: Path, base: Path | None = None) -> str:
+    """A path relative to ``base`` (default: the current folder) when it lies inside it."""
+    base = (base or Path.cwd()).resolve()
+    try:
+        return str(Path(path).resolve().relative_to(base))
+    except ValueError:
+        return str(Path(path).resolve())
 
-    p = sub.add_parser("run", help="run a suite (a YAML path or a shipped suite's name)")
-    p.add_argument("suite")
+
+def next_steps(workdir: Path, suite: str, report: Path | None, per_case: Path | None = None) -> str:
+    """What to open once a run is over: commands and paths, ready to paste (printed by `segarena run`)."""
+    shown = _shown_path(workdir)
+    flag = "" if Path(workdir).resolve() == Path(DEFAULT_WORKDIR).resolve() else f" --workdir {shlex.quote(shown)}"
+    lines = ["look at the results:",
+             f"  segarena ui{flag}",
+             "      MLflow UI in the browser: every run, its metrics, training curves and artifacts",
+             f"  segarena leaderboard{flag} --suite {shlex.quote(suite)} --format csv --output {suite}.csv",
+             "      the ranking above as a file (also markdown, json, parquet)"]
+    if report is not None:
+        lines.append(f"  report:          {_shown_path(report)}")
+    if per_case is not None:
+        lines.append(f"  per-case table:  {_shown_path(per_case)}")
+    else:
+        lines.append(f"  per-case rows:   {shown}/artifacts/{suite}/<run id>/artifacts/per_case.parquet "
+                     "(README: Looking at results)")
+    return "\n".join(lines)
+
+
+DESCRIPTION = """Benchmark diffusion-based medical image segmentation: run suites (methods x datasets x seeds x
+inference budgets) as Ray Tune trials, record every cell in MLflow, rank methods from the store.
+
+Start with `segarena run default`; `segarena COMMAND --help` explains a command."""
+
+# Subcommands kept in their own module: each exposes add_parser(sub) and imports nothing heavy at module level.
+SUBCOMMAND_MODULES = ("segarena.platform.cli_datasets", "segarena.platform.cli_ui")
+
+
+def examples(*lines: str) -> str:
+    """An epilog: ``examples:`` and one indented command per line (printed as written)."""
+    return "examples:\n" + "\n".join(f"  {ln}" for ln in lines)
+
+
+class SegarenaParser(argparse.ArgumentParser):
+    """Every segarena parser and sub-parser: help printed as written (plain text, examples kept on their
+    lines), and the global -v/--quiet accepted after a subcommand as well as before it."""
+
+    def __init__(self, *args: object, top: bool = False, **kwargs: object) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        if not top:
+            kwargs.setdefault("conflict_handler", "resolve")  # a subcommand may define its own -v
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        default = {} if top else {"default": argparse.SUPPRESS}  # the top-level value stays unless repeated
+        self.add_argument("-v", "--verbose", action="count", help="more detail (debug messages, Ray worker logs)",
+                          **({"default": 0} if top else default))
+        self.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors",
+                          **({"default": False} if top else default))
+
+
+class _Version(argparse.Action):
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="versions of segarena, its plugin API and the libraries it drives")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: object, values: object,
+                 option_string: str | None = None) -> None:
+        print(version_text())
+        parser.exit()
+
+
+def version_text() -> str:
+    """Installed versions, read from package metadata: nothing is imported (torch takes seconds)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from segarena.platform.api import API_VERSION
+
+    def v(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    lines = [f"segarena {v('segarena')} (plugin API {API_VERSION})"]
+    lines += [f"{name} {v(name)}" for name in ("torch", "ray", "mlflow", "monai")]
+    lines.append(f"python {sys.version.split()[0]}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = SegarenaParser(prog="segarena", description=DESCRIPTION, top=True,
+                            epilog=examples("segarena run default", "segarena leaderboard --format markdown"))
+    parser.add_argument("--version", action=_Version)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run a suite (a YAML path or a shipped suite's name)",
+                       description="Run a suite: expand it into cells (method x dataset x seed), skip the cells "
+                                   "already finished, train and evaluate the others as Ray Tune trials, then "
+                                   "print the leaderboard.",
+                       epilog=examples("segarena run default                 # the shipped suite, ./segarena-runs",
+                                       "segarena run my-suite.yaml --workdir /scratch/runs --plugins ./lab_plugins"))
+    p.add_argument("suite", metavar="SUITE", help="a suite YAML file, or the name of a shipped suite "
+                                                  "(see `segarena suites`)")
     _store_args(p)
     p.add_argument("--address", default=None, help="a Ray cluster address (default: start a local Ray)")
-    p.add_argument("--verbose", action="store_true", help="show Ray worker logs")
     _plugins_arg(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("leaderboard", help="rank methods from the tracking store")
+    p = sub.add_parser("leaderboard", help="rank methods from the tracking store",
+                       description="Rank methods per dataset from the per-case results in the tracking store "
+                                   "(no training, no torch).",
+                       epilog=examples("segarena leaderboard --suite default",
+                                       "segarena leaderboard --format csv --output board.csv"))
     _store_args(p)
-    p.add_argument("--suite", default=None)
+    p.add_argument("--suite", default=None, help="one suite (default: every suite in the store)")
     p.add_argument("--format", default="table", choices=["table", "markdown", "csv", "parquet", "json"])
     p.add_argument("--output", default=None, help="write to a file (required for parquet)")
     p.set_defaults(func=cmd_leaderboard)
 
-    plugins = sub.add_parser("plugins", help="list or check plugins").add_subparsers(dest="action", required=True)
-    p = plugins.add_parser("list")
+    plugins = sub.add_parser("plugins", help="list or check plugins",
+                             description="List the method and dataset plugins, or run the conformance checks "
+                                         "on one.",
+                             epilog=examples("segarena plugins list", "segarena plugins check medsegdiff"))
+    actions = plugins.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = actions.add_parser("list", help="every method and dataset: kind, version, year, venue, source, paper",
+                           description="Every method and dataset plugin segarena can see: built-ins, installed "
+                                       "entry points and local folders.",
+                           epilog=examples("segarena plugins list", "segarena plugins list --plugins ./lab_plugins"))
     _plugins_arg(p)
     p.set_defaults(func=cmd_plugins_list)
-    p = plugins.add_parser("check", help="run the conformance checks on a plugin")
-    p.add_argument("name")
+    p = actions.add_parser("check", help="run the conformance checks on a plugin",
+                           description="Run the shared conformance checks on one plugin, one PASS/FAIL line "
+                                       "each.",
+                           epilog=examples("segarena plugins check unet",
+                                           "segarena plugins check my-net --plugins ./lab_plugins"))
+    p.add_argument("name", metavar="NAME", help="a method or dataset plugin's name (see `segarena plugins list`)")
     _plugins_arg(p)
     p.set_defaults(func=cmd_plugins_check)
 
-    p = sub.add_parser("suites", help="list the shipped suites")
+    p = sub.add_parser("suites", help="list the shipped suites",
+                       description="The suites shipped with segarena (benchmarks/suites/*.yaml): run one by name.",
+                       epilog=examples("segarena suites", "segarena run smoke        # run one by its name"))
     p.set_defaults(func=cmd_suites)
-    try:
-        from segarena.platform.cli_datasets import add_parser as add_datasets
-    except ImportError:
-        add_datasets = None
-    if add_datasets is not None:
-        add_datasets(sub)
+
+    for module in SUBCOMMAND_MODULES:
+        importlib.import_module(module).add_parser(sub)
     return parser
 
 
@@ -139,6 +286,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no schema-creation INFO lines
     args = build_parser().parse_args(argv)
+    from segarena.platform.log import setup
+
+    setup(args.verbose, args.quiet)
     if not hasattr(args, "plugins"):
         args.plugins = []
     if not hasattr(args, "workdir"):
@@ -147,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except SegarenaError as exc:
         print(f"segarena: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print("segarena: interrupted", file=sys.stderr)
         return 130

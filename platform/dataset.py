@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -16,6 +15,7 @@ import torch
 
 from segarena.platform.errors import DataError
 from segarena.platform.plugin import API_VERSION, Task
+from segarena.platform.records import stable_hash
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,8 @@ class DatasetPlugin(ABC):
     notice: ClassVar[str] = ""  # the attribution the licence requires to be shown
     api_version: ClassVar[int] = API_VERSION
     root_env: ClassVar[str | None] = None  # environment variable giving the root folder
+    download_url: ClassVar[str] = ""  # the official page to get the data from (`segarena datasets show`)
+    layout: ClassVar[str] = ""  # the folder tree the loader expects under the root, as a short text tree
 
     def __init__(self, root: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
                  **params: Any) -> None:
@@ -196,6 +198,3 @@ def block_split(cases: Sequence[Case], seed: int, gap: int = 5, fractions: tuple
 def default_cache_dir() -> Path:
     return Path(os.environ.get("SEGARENA_CACHE", Path.home() / ".cache" / "segarena"))
 
-
-def stable_hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()

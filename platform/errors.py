@@ -4,6 +4,8 @@
 class SegarenaError(Exception):
     """A user-facing error whose message names the file, field or value at fault."""
 
+    exit_code = 2  # bad input: nothing was recorded
+
 
 class PluginError(SegarenaError):
     """A plugin is missing, duplicated, fails to import or breaks the contract."""
@@ -15,3 +17,9 @@ class SpecError(SegarenaError):
 
 class DataError(SegarenaError):
     """A dataset's files are missing, unreadable or inconsistent."""
+
+
+class StoreError(SegarenaError):
+    """The tracking store failed to answer or holds a broken run; the message names the run and artifact."""
+
+    exit_code = 1

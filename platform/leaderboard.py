@@ -7,14 +7,11 @@ number of seeds. Failed cells are listed, never silently dropped.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
+from segarena.platform.aggregate import aggregate
 from segarena.platform.errors import SegarenaError
-from segarena.platform.metrics import aggregate
 from segarena.platform.tracking import KIND_EVAL, KIND_TRAIN, PREFIX, STATUS_FINISHED, Tracker
 
 SCORES = ("dice", "iou", "hd95")
@@ -90,73 +87,15 @@ def leaderboard(tracker: Tracker, suite: str | None = None) -> tuple[pd.DataFram
     return board.reset_index(drop=True), failed
 
 
-def _pm(mean: float, std: float, digits: int, n: int) -> str:
-    """mean ± std over seeds; the mean alone for one seed (a std of 0 would claim a precision nobody measured)."""
-    if pd.isna(mean):
-        return "–"
-    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if n > 1 else "")
-
-
-def _pm_column(board: pd.DataFrame, key: str, digits: int) -> list[str]:
-    return [_pm(m, s, digits, n) for m, s, n in zip(board[f"{key}_mean"], board[f"{key}_std"], board["n_seeds"],
-                                                    strict=True)]
-
-
-def _method_labels(board: pd.DataFrame) -> list[str]:
-    """The method's name, with its variant id where one suite and dataset hold several variants of it."""
-    n = board.groupby(["suite", "dataset", "method"])["variant"].transform("nunique")
-    return [f"{m}·{v[:6]}" if k > 1 else m for m, v, k in zip(board["method"], board["variant"], n, strict=True)]
-
-
 def display_frame(board: pd.DataFrame) -> pd.DataFrame:
-    out = pd.DataFrame({
-        "suite": board["suite"], "dataset": board["dataset"], "rank": board["rank"], "method": _method_labels(board),
-        "budget": board["budget"],
-        "dice": _pm_column(board, "dice", 4),
-        "iou": _pm_column(board, "iou", 4),
-        "hd95": [f"{v} {u}" for v, u in zip(_pm_column(board, "hd95", 2), board["hd95_unit"], strict=True)],
-        "latency_ms": _pm_column(board, "latency_ms", 1),
-        "nfe": board["nfe_mean"].map(lambda v: "–" if pd.isna(v) else f"{v:g}"),
-        "seeds": board["n_seeds"], "cases": board["n_cases"], "failed": board["failed_seeds"]})
-    return out
+    """The board as display strings (see ``board_format``, which holds the presentation)."""
+    from segarena.platform import board_format
 
-
-def _markdown(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
+    return board_format.display_frame(board)
 
 
 def render(board: pd.DataFrame, failed: pd.DataFrame, fmt: str = "table", output: str | None = None) -> str:
-    """The board as text (table/markdown/csv/json) or written to ``output`` (any format; parquet needs it)."""
-    if fmt == "parquet":
-        if not output:
-            raise SegarenaError("--format parquet needs --output FILE")
-        board.to_parquet(output, index=False)
-        return f"wrote {len(board)} rows to {output}"
-    if fmt == "csv":
-        text = board.to_csv(index=False)
-    elif fmt == "json":
-        text = json.dumps({"leaderboard": json.loads(board.to_json(orient="records")),
-                           "failed": json.loads(failed.to_json(orient="records"))}, indent=1)
-    elif fmt in ("table", "markdown"):
-        shown = display_frame(board) if not board.empty else board
-        parts = []
-        for (suite, dataset), part in shown.groupby(["suite", "dataset"], sort=True) if not board.empty else []:
-            body = part.drop(columns=["suite", "dataset"])
-            if fmt == "markdown":
-                parts.append(f"### {suite} · {dataset}\n\n{_markdown(body)}")
-            else:
-                parts.append(f"== {suite} · {dataset} ==\n{body.to_string(index=False)}")
-        if not failed.empty:
-            fail = failed.drop(columns=["run_id"])
-            parts.append(("### Failed cells\n\n" + _markdown(fail)) if fmt == "markdown"
-                         else "== failed cells ==\n" + fail.to_string(index=False))
-        text = "\n\n".join(parts) if parts else "(no finished runs yet)"
-    else:
-        raise SegarenaError(f"unknown format {fmt!r} (table, markdown, csv, parquet, json)")
-    if output:
-        Path(output).write_text(text)
-        return f"wrote {output}"
-    return text
+    """The board as text (table/markdown/latex/csv/json) or written to ``output`` (parquet needs it)."""
+    from segarena.platform import board_format
+
+    return board_format.render(board, failed, fmt, output)

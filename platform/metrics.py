@@ -1,11 +1,15 @@
-"""Per-case segmentation metrics under the metric contract (DESIGN.md, specs/metrics.md §1).
+"""Per-case segmentation metrics under the metric contract.
 
 Dice and IoU without epsilon; both empty → 1, exactly one empty → 0. HD95 = MONAI's symmetric
 Hausdorff at the 95th percentile (max of the two directed percentiles), in mm when spacing is
 known, else px; both empty → 0, exactly one empty → the image diagonal. The empty rules are
 applied before MONAI is called, so no value is ever NaN or dropped.
 
-Public entry point for labs: ``per_case_metrics(pred, gt, spacing)``.
+Beside them (``distribution_metrics``): NSD at a tolerance, GED (d = 1 − IoU), member diversity,
+predictive entropy, and calibration of the fused probabilities (ECE, Brier, NLL); each function's
+docstring states its rule for empty masks and single samples.
+
+Public entry points for labs: ``per_case_metrics(pred, gt, spacing)``, ``distribution_metrics(...)``.
 """
 
 from __future__ import annotations
@@ -17,7 +21,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.metrics import compute_hausdorff_distance
+from monai.metrics import compute_hausdorff_distance, compute_surface_dice
+
+# torch-free (the leaderboard reads it without torch); re-exported here for labs and the evaluation
+from segarena.platform.aggregate import aggregate  # noqa: F401
 
 COLUMNS = ("case_id", "class", "dice", "iou", "hd95", "hd95_unit", "gt_empty", "pred_empty", "gt_voxels", "pred_voxels")
 
@@ -86,13 +93,192 @@ def per_case_metrics(pred: Any, gt: Any, spacing: Sequence[float] | None = None,
     return rows
 
 
-def aggregate(rows: Any) -> dict[str, float]:
-    """Dataset scores from per-case rows: case score = mean over classes, dataset = mean over cases."""
+# Diffusion-aware metrics (beside Dice/IoU/HD95) -----------------------------------------------------------
+# Each one is defined for every input, empty masks and single samples included: none can be NaN.
+
+EXTRA_COLUMNS = ("nsd", "nsd_tolerance", "ged", "diversity", "entropy", "ece", "brier", "nll", "members")
+SUMMARY_METRICS = ("nsd", "ged", "diversity", "entropy", "ece", "brier", "nll", "dice_repeat_std")
+ECE_BINS = 15
+CALIBRATION_MAX_PIXELS = 10**6
+NLL_EPS = 1e-7
+
+
+def nsd(pred: Any, gt: Any, tolerance: float, spacing: Sequence[float] | None = None) -> float:
+    """Normalized surface Dice (Nikolov et al. 2021) of two binary masks of one class (spatial dims only):
+    the share of both boundaries lying within ``tolerance`` of the other one, via MONAI's
+    ``compute_surface_dice``; ``tolerance`` and distances are in mm when spacing is known, else px.
+
+    Empty rule (applied before MONAI, which gives NaN for two empty masks): both empty → 1,
+    exactly one empty → 0.
+    """
+    p, g = _as_bool(pred), _as_bool(gt)
+    n_p, n_g = int(p.sum()), int(g.sum())
+    if n_p == 0 and n_g == 0:
+        return 1.0
+    if n_p == 0 or n_g == 0:
+        return 0.0
+    with warnings.catch_warnings():  # MONAI's own deprecation notice on an argument it passes itself
+        warnings.simplefilter("ignore", FutureWarning)
+        value = compute_surface_dice(p[None, None].float(), g[None, None].float(), class_thresholds=[float(tolerance)],
+                                     include_background=True, spacing=list(spacing) if spacing is not None else None)
+    return float(value.reshape(-1)[0])
+
+
+def _pair_counts(samples: torch.Tensor, gt: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Intersections between all rows of ``samples`` (E, N) (and ``gt`` (N,) appended as the last row) and
+    their sizes, as exact float64 counts from one matrix product."""
+    rows = samples.reshape(samples.shape[0], -1)
+    if gt is not None:
+        rows = torch.cat([rows, gt.reshape(1, -1)])
+    x = rows.to(torch.float64)
+    inter = (x @ x.T).numpy()
+    return inter, np.diag(inter).copy()
+
+
+def _dice_iou_matrices(inter: np.ndarray, size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairwise Dice and IoU under ``overlap``'s rule (both empty → 1, one empty → 0), without epsilon."""
+    total = size[:, None] + size[None, :]
+    union = total - inter
+    both_empty = total == 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dice = np.where(both_empty, 1.0, 2 * inter / np.where(both_empty, 1, total))
+        iou = np.where(both_empty, 1.0, inter / np.where(both_empty, 1, union))
+    return dice, iou
+
+
+def ged(samples: Any, gt: Any) -> float:
+    """Generalized energy distance D² = 2·E d(S, Y) − E d(S, S') − E d(Y, Y') with d = 1 − IoU, for
+    samples (E, *spatial) of one class against one ground truth (so E d(Y, Y') = 0); E d(S, S') is the
+    mean over ordered pairs of distinct samples.
+
+    Rules: IoU follows ``overlap`` (both empty → 1, so d = 0; exactly one empty → d = 1). One sample
+    (a deterministic method, or an ensemble of one) is a point mass: E d(S, S') = 0, so GED = 2·d(S, Y).
+    Identical samples give 2·d(sample, Y).
+    """
+    s, g = _as_bool(samples), _as_bool(gt)
+    e = s.shape[0]
+    inter, size = _pair_counts(s, g)
+    _, iou = _dice_iou_matrices(inter, size)
+    d = 1.0 - iou
+    to_gt = float(d[:e, e].mean())
+    between = float(d[:e, :e].sum() / (e * (e - 1))) if e > 1 else 0.0
+    return 2.0 * to_gt - between
+
+
+def diversity(samples: Any) -> float:
+    """Member diversity: mean over pairs of distinct samples (E, *spatial) of 1 − Dice.
+
+    Rules: Dice follows ``overlap`` (two empty members agree: 1 − 1 = 0); one sample → 0 (nothing to disagree).
+    """
+    s = _as_bool(samples)
+    e = s.shape[0]
+    if e < 2:
+        return 0.0
+    inter, size = _pair_counts(s)
+    dice, _ = _dice_iou_matrices(inter, size)
+    iu = np.triu_indices(e, 1)
+    return float((1.0 - dice[iu]).mean())
+
+
+def predictive_entropy(probs: Any) -> float:
+    """Mean per-pixel binary entropy (nats) of foreground probabilities p (any shape):
+    −p·log p − (1 − p)·log(1 − p), with 0·log 0 = 0, so a hard 0/1 prediction has entropy 0.
+
+    The harness passes the mean of the members' probabilities (the ensemble's predictive distribution),
+    or the method's fused probabilities when it returns no member probabilities (deterministic methods).
+    No pixels → 0.
+    """
+    p = _as_float64(probs)
+    if p.size == 0:
+        return 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = -(np.where(p > 0, p * np.log(p), 0.0) + np.where(p < 1, (1 - p) * np.log1p(-p), 0.0))
+    return float(h.mean())
+
+
+def _as_float64(x: Any) -> np.ndarray:
+    t = x.detach().cpu().to(torch.float64).numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float64)
+    return np.clip(t.reshape(-1), 0.0, 1.0)
+
+
+def _as_labels(x: Any) -> np.ndarray:
+    return _as_bool(x).numpy().reshape(-1).astype(np.float64)
+
+
+def ece(probs: Any, gt: Any, bins: int = ECE_BINS) -> float:
+    """Expected calibration error of foreground probabilities p against binary labels y (same shape):
+    Σ_b (n_b / N)·|mean_b(y) − mean_b(p)| over ``bins`` equal-width bins of p on [0, 1] (p = 1 in the
+    last bin). Perfectly calibrated probabilities (y ~ Bernoulli(p)) give ≈ 0. No pixels → 0.
+    """
+    p, y = _as_float64(probs), _as_labels(gt)
+    if p.size == 0:
+        return 0.0
+    idx = np.minimum((p * bins).astype(np.int64), bins - 1)
+    sum_p = np.bincount(idx, weights=p, minlength=bins)
+    sum_y = np.bincount(idx, weights=y, minlength=bins)
+    return float(np.abs(sum_y - sum_p).sum() / p.size)
+
+
+def brier(probs: Any, gt: Any) -> float:
+    """Brier score: mean (p − y)² over pixels. No pixels → 0."""
+    p, y = _as_float64(probs), _as_labels(gt)
+    return float(np.mean((p - y) ** 2)) if p.size else 0.0
+
+
+def nll(probs: Any, gt: Any, eps: float = NLL_EPS) -> float:
+    """Negative log-likelihood (nats per pixel): −mean[y·log p + (1 − y)·log(1 − p)], with p clipped to
+    [eps, 1 − eps] (eps = 1e-7) so a confident wrong hard 0/1 pixel costs −log(eps) ≈ 16.1, never inf.
+    No pixels → 0."""
+    p, y = np.clip(_as_float64(probs), eps, 1 - eps), _as_labels(gt)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p))) if p.size else 0.0
+
+
+def calibration(probs: Any, gt: Any, max_pixels: int = CALIBRATION_MAX_PIXELS, seed: int = 0) -> dict[str, float]:
+    """ECE (15 bins), Brier and NLL of one class's fused foreground probabilities on all pixels of the case,
+    or on ``max_pixels`` pixels drawn without replacement with a fixed seed when the case has more."""
+    p, y = _as_float64(probs), _as_labels(gt)
+    if p.size > max_pixels:
+        idx = np.random.default_rng(seed).choice(p.size, max_pixels, replace=False)
+        p, y = p[idx], y[idx]
+    return {"ece": ece(p, y), "brier": brier(p, y), "nll": nll(p, y)}
+
+
+def nsd_tolerance(tolerance_mm: float | None) -> float:
+    """The NSD tolerance of a case: the suite's ``nsd_tolerance_mm``, else 1 (mm with spacing, px without).
+    The value is read in the case's unit (the ``hd95_unit`` column): mm with spacing, px without."""
+    return 1.0 if tolerance_mm is None else float(tolerance_mm)
+
+
+def distribution_metrics(mask: Any, gt: Any, probs: Any, samples: Any | None = None, sample_probs: Any | None = None,
+                         spacing: Sequence[float] | None = None, tolerance: float = 1.0,
+                         max_pixels: int = CALIBRATION_MAX_PIXELS) -> list[dict[str, Any]]:
+    """The diffusion-aware columns of one case, one dict per foreground class (channel-first inputs).
+
+    mask, gt: (C, *spatial) binary; probs: (C, *spatial) fused foreground probabilities; samples:
+    (E, C, *spatial) member masks, None = the fused mask is the only sample (deterministic methods);
+    sample_probs: (E, C, *spatial) member probabilities, None = entropy of ``probs``.
+    """
+    m, g = _as_bool(mask), _as_bool(gt)
+    s = _as_bool(samples) if samples is not None else m[None]
+    pt = probs.detach().cpu() if isinstance(probs, torch.Tensor) else torch.as_tensor(np.asarray(probs))
+    mean_p = pt if sample_probs is None else torch.as_tensor(sample_probs).detach().cpu().float().mean(0)
+    if m.shape != g.shape or tuple(pt.shape) != tuple(g.shape) or tuple(s.shape[1:]) != tuple(g.shape):
+        raise ValueError(f"shapes differ: mask {tuple(m.shape)}, truth {tuple(g.shape)}, probs {tuple(pt.shape)}, "
+                         f"samples {tuple(s.shape)}")
+    rows = []
+    for c in range(g.shape[0]):
+        rows.append({"nsd": nsd(m[c], g[c], tolerance, spacing), "nsd_tolerance": float(tolerance),
+                     "ged": ged(s[:, c], g[c]), "diversity": diversity(s[:, c]),
+                     "entropy": predictive_entropy(mean_p[c]), **calibration(pt[c], g[c], max_pixels),
+                     "members": int(s.shape[0])})
+    return rows
+
+
+def aggregate_extra(rows: Any) -> dict[str, float]:
+    """Means of the diffusion-aware columns present in per-case rows (case = mean over classes, then cases)."""
     import pandas as pd
 
     df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
-    per_case = df.groupby("case_id")[["dice", "iou", "hd95"]].mean()
-    out = {k: float(per_case[k].mean()) for k in ("dice", "iou", "hd95")}
-    out.update({f"{k}_median": float(per_case[k].median()) for k in ("dice", "hd95")})
-    out["n_cases"] = float(len(per_case))
-    return out
+    cols = [k for k in SUMMARY_METRICS if k in df.columns]
+    per_case = df.groupby("case_id")[cols].mean()
+    return {k: float(per_case[k].mean()) for k in cols}

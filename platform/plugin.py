@@ -1,4 +1,4 @@
-"""The method plugin contract (DESIGN.md): what a lab implements, frozen by ``API_VERSION``.
+"""The method plugin contract (docs/contracts.md): what a lab implements, frozen by ``API_VERSION``.
 
 Plugins never import Ray or MLflow. The harness owns devices, DDP wrapping, data loading,
 checkpoints, logging, evaluation and timing; a plugin owns its networks, losses and sampling.
@@ -13,45 +13,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-API_VERSION = 1
+from segarena.platform.api import API_VERSION
+from segarena.platform.records import Budget, Task
 
-
-@dataclass(frozen=True)
-class Task:
-    """What a method must solve, derived from the dataset: the constructor's second argument.
-
-    ``num_classes`` counts foreground classes only; masks are (C, H, W) binary channels,
-    one per foreground class (overlapping regions such as BraTS WT/TC/ET are allowed).
-    """
-
-    in_channels: int
-    num_classes: int
-    image_size: tuple[int, int]
-    spacing: tuple[float, ...] | None = None
-    class_names: tuple[str, ...] = ()
-    exclusive: bool = True  # classes never overlap (softmax-style); False for nested regions
-
-
-@dataclass(frozen=True)
-class Budget:
-    """One inference budget: sampler × steps × ensemble size. ``nfe`` = steps × ensemble."""
-
-    steps: int = 1
-    ensemble: int = 1
-    sampler: str = "direct"
-
-    @property
-    def name(self) -> str:
-        if self.sampler == "direct" and self.steps == 1:
-            return f"direct-e{self.ensemble}"
-        return f"{self.sampler}{self.steps}-e{self.ensemble}"
-
-    @property
-    def nfe(self) -> int:
-        return self.steps * self.ensemble
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"sampler": self.sampler, "steps": self.steps, "ensemble": self.ensemble}
+__all__ = ["API_VERSION", "Budget", "MethodPlugin", "Prediction", "Task", "threshold_probs", "unwrap"]
 
 
 @dataclass
@@ -63,6 +28,8 @@ class Prediction:
     nfe: denoiser forward passes per image for this call.
     members: hard masks of each ensemble member (E, B, C, H, W) for stochastic methods.
     extra_calls: other network passes per image counted separately (e.g. ``{"decoder": 1}``).
+    member_probs: foreground probabilities of each member (E, B, C, H, W), the input of ``fuse``:
+        lets the harness score smaller ensembles on prefixes of the members and measure entropy.
     """
 
     probs: torch.Tensor
@@ -70,6 +37,7 @@ class Prediction:
     nfe: int
     members: torch.Tensor | None = None
     extra_calls: dict[str, int] = field(default_factory=dict)
+    member_probs: torch.Tensor | None = None
 
 
 class MethodPlugin(ABC):
@@ -85,6 +53,13 @@ class MethodPlugin(ABC):
     paper: ClassVar[str] = ""
     api_version: ClassVar[int] = API_VERSION
     stochastic: ClassVar[bool] = False
+    # The training_step key the progress line shows (e.g. a GAN's generator loss, not a
+    # discriminator term); None = the first key training_step returns.
+    headline_loss: ClassVar[str | None] = None
+    # The harness augmentation kind (``segarena.platform.augment.KINDS``) closest to the training
+    # augmentation the method's paper/official code uses. Declarative: training applies the suite's
+    # ``augment:`` to every method alike, never this; it tells a lab which kind reproduces the paper.
+    paper_augment: ClassVar[str] = "none"
 
     def __init__(self, hparams: dict[str, Any], task: Task) -> None:
         self.hparams = dict(hparams)
@@ -127,12 +102,27 @@ class MethodPlugin(ABC):
         """Segment ``images`` under ``budget``; deterministic for a given generator state."""
 
     # Optional hooks -------------------------------------------------------------------
+    def fuse(self, member_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(E, B, C, H, W) member probabilities → (fused probs, hard mask), each (B, C, H, W).
+
+        The harness fuses prefixes of one draw of members with it (ensemble sizes from one sampling),
+        so it must be the rule ``predict`` applies; the default is the mean thresholded at 0.5. Raise
+        ``NotImplementedError`` when members alone cannot reproduce ``predict``: each size is then sampled.
+        """
+        probs = member_probs.mean(0)
+        return probs, probs > 0.5
+
     def extra_state(self) -> dict[str, Any]:
         """Non-module state to checkpoint (e.g. a latent scale factor, a step counter)."""
         return {}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         """Restore what ``extra_state`` returned."""
+
+    def card_tags(self) -> dict[str, str]:
+        """Facts about this instance a leaderboard row must carry (e.g. ``{"pretrained": "none"}``);
+        the harness logs them as run tags."""
+        return {}
 
     def train(self, mode: bool = True) -> MethodPlugin:
         for module in self.modules().values():

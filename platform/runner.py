@@ -1,4 +1,5 @@
-"""``segarena run``: suite spec → cells → skip finished → Ray Tune trials (each a TorchTrainer)."""
+"""``segarena run``: suite spec → cells → plan jobs (train / evaluate stored weights / skip) →
+Ray Tune trials → MLflow. See docs/contracts.md ("Runs") for what each key covers."""
 
 from __future__ import annotations
 
@@ -6,22 +7,21 @@ import fcntl
 import math
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import version
 from pathlib import Path
 
 from segarena.platform.cell_data import load_cell_data
 from segarena.platform.errors import SegarenaError
 from segarena.platform.fingerprint import git_sha
+from segarena.platform.records import Cell, Job, Settings
 from segarena.platform.registry import discover, plugin_folders
-from segarena.platform.suite import Cell, expand, load_suite
-from segarena.platform.tracking import Tracker, default_tracking_uri
-
-# A trial's own process only waits on its trainer and writes to MLflow: it holds a sliver of
-# memory, not a CPU, so on 2 cores two trials × one 1-CPU worker run side by side.
-TRIAL_RESOURCES = {"cpu": 0, "memory": 64 * 2**20}
+from segarena.platform.suite import expand, load_suite
+from segarena.platform.tracking import Tracker
+from segarena.platform.workdir import WorkDir
 
 
 @dataclass
@@ -32,6 +32,8 @@ class RunSummary:
     skipped: int
     orphans_marked: int
     ran: int = 0
+    trained: int = 0
+    evaluated: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     ray_start_s: float = 0.0
     wall_s: float = 0.0
@@ -66,7 +68,7 @@ def _init_ray(address: str | None, verbose: bool) -> tuple[bool, float]:
     env = {k: os.environ.get(k, v) for k, v in RAY_ENV.items()}
     os.environ.update(env)  # a local Ray inherits the driver's environment
     if address:
-        os.environ.setdefault("RAY_AUTH_MODE", "token")  # `ray start` clusters need the token (stack.md P2)
+        os.environ.setdefault("RAY_AUTH_MODE", "token")  # `ray start` clusters need the token
         ray.init(address=address, log_to_driver=verbose, logging_level="WARNING", runtime_env={"env_vars": env})
     else:
         # Ray's own CPU detection honours cgroup quotas and affinity; os.cpu_count() does not.
@@ -81,27 +83,33 @@ def run_suite(suite: str | Path, workdir: str | Path = "segarena-runs", *, addre
     spec, path = load_suite(suite)
     registry = discover(plugin_dirs)
     cells = expand(spec, registry, path)
-    workdir = Path(workdir).resolve()
-    cache_dir = workdir / "cache"
+    wd = WorkDir.at(workdir)
     # Every dataset is opened and split before anything is recorded: bad data fails here, cleanly.
-    for d in {(c.dataset, c.dataset_path, repr(sorted(c.dataset_params.items())), c.seed): c for c in cells}.values():
-        load_cell_data(registry, d.dataset, d.dataset_path, d.dataset_params, cache_dir, d.seed)
-    workdir.mkdir(parents=True, exist_ok=True)
-    with suite_lock(workdir, spec.name):
-        return _run_locked(spec, path, cells, workdir, tracking_uri, plugin_dirs, address, verbose, echo, t_start)
+    # Its content hash joins the training key: changed data retrains.
+    hashes: dict[tuple, str] = {}
+    for c in cells:
+        ident = (c.dataset, c.dataset_path, repr(sorted(c.dataset_params.items())), c.seed)
+        if ident not in hashes:
+            data = load_cell_data(registry, c.dataset, c.dataset_path, c.dataset_params, wd.cache, c.seed)
+            hashes[ident] = data.dataset.content_hash()
+    cells = [replace(c, dataset_hash=hashes[(c.dataset, c.dataset_path, repr(sorted(c.dataset_params.items())),
+                                              c.seed)]) for c in cells]
+    wd.root.mkdir(parents=True, exist_ok=True)
+    with suite_lock(wd, spec.name):
+        return _run_locked(spec, path, cells, wd, tracking_uri, plugin_dirs, address, verbose, echo, t_start)
 
 
 @contextmanager
-def suite_lock(workdir: Path, suite: str) -> Iterator[None]:
+def suite_lock(workdir: WorkDir, suite: str) -> Iterator[None]:
     """One driver per suite and work dir: a second one would mark the first one's live cells as
     orphans and train them again."""
-    path = workdir / "locks" / f"{suite}.lock"
+    path = workdir.lock(suite)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise SegarenaError(f"suite {suite!r} is already running from {workdir} (lock {path}); wait for "
+            raise SegarenaError(f"suite {suite!r} is already running from {workdir.root} (lock {path}); wait for "
                                 "it or stop it first") from None
         try:
             yield
@@ -109,56 +117,89 @@ def suite_lock(workdir: Path, suite: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _run_locked(spec, path: Path, cells: list[Cell], workdir: Path, tracking_uri: str | None,
+def plan_jobs(cells: list[Cell], trainings: dict[str, str], evaluations: set[tuple[str, str]],
+              settings: Settings) -> tuple[list[Job], list[Cell]]:
+    """Train cells with no finished training; evaluate, from stored weights, the budgets a finished
+    training has not been evaluated at (under the current evaluation settings); skip the rest."""
+    jobs, skipped = [], []
+    for cell in cells:
+        run_id = trainings.get(cell.key)
+        budgets = cell.budget_objects()
+        if run_id is None:
+            jobs.append(Job("train", cell, tuple(budgets), settings))
+            continue
+        missing = tuple(b for b in budgets if (run_id, cell.eval_key(b)) not in evaluations)
+        if missing:
+            jobs.append(Job("evaluate", cell, missing, settings, train_run_id=run_id))
+        else:
+            skipped.append(cell)
+    return jobs, skipped
+
+
+def _run_locked(spec, path: Path, cells: list[Cell], wd: WorkDir, tracking_uri: str | None,
                 plugin_dirs: Sequence[str], address: str | None, verbose: bool, echo: Callable[[str], None],
                 t_start: float) -> RunSummary:
-    uri = tracking_uri or default_tracking_uri(workdir)
-    tracker = Tracker(uri, workdir / "artifacts")
-    exp_id = tracker.experiment(spec.name)
+    uri = tracking_uri or wd.tracking_uri
+    tracker = Tracker(uri, wd)
+    exp_id = tracker.experiment(spec.name, description=spec.description)
     orphans = tracker.mark_orphans(exp_id)
-    finished = tracker.finished_cells(exp_id)
-    todo = [c for c in cells if c.key not in finished]
-    summary = RunSummary(spec.name, exp_id, len(cells), len(cells) - len(todo), len(orphans))
+    res = spec.resources
+    device = spec.device if spec.device != "auto" else ("cuda" if res.gpus_per_worker else "cpu")
+    settings = Settings(tracking_uri=uri, workdir=str(wd.root), experiment_id=exp_id,
+                        plugin_dirs=tuple(str(p) for p in plugin_folders(plugin_dirs)),
+                        workers_per_trial=res.workers_per_trial, cpus_per_worker=res.cpus_per_worker,
+                        gpus_per_worker=res.gpus_per_worker, failure_retries=spec.failure_retries, device=device,
+                        segarena_version=version("segarena"), git_sha=git_sha(), driver=uuid.uuid4().hex[:12])
+    jobs, skipped = plan_jobs(cells, tracker.finished_trainings(exp_id), tracker.finished_evaluations(exp_id),
+                              settings)
+    summary = RunSummary(spec.name, exp_id, len(cells), len(skipped), len(orphans))
     if orphans:
         echo(f"marked {len(orphans)} run(s) left RUNNING by an earlier driver as failed")
-    echo(f"suite {spec.name!r} ({path}): {len(cells)} cells, {summary.skipped} already finished, "
-         f"{len(todo)} to run · tracking {uri}")
-    if todo:
-        summary.ray_start_s, summary.failures = _run_cells(todo, spec.resources.model_dump(), spec, uri, workdir,
-                                                           exp_id, list(plugin_dirs), address, verbose, echo)
-        summary.ran = len(todo)
+    n_train = sum(j.kind == "train" for j in jobs)
+    echo(f"suite {spec.name!r} ({path}): {len(cells)} cells: {n_train} to train, {len(jobs) - n_train} to evaluate "
+         f"from checkpoint, {len(skipped)} skipped as finished · tracking {uri}")
+    for job in jobs:
+        what = ("train" if job.kind == "train" else "evaluate from checkpoint") + \
+            f" ({', '.join(b.name for b in job.budgets)})"
+        echo(f"  {job.cell.label}: {what}")
+    for cell in skipped:
+        echo(f"  {cell.label}: skipped (finished)")
+    if jobs:
+        summary.ray_start_s, summary.failures = _run_jobs(jobs, spec.resources.model_dump(), address, verbose, echo)
+        summary.ran = len(jobs)
+        failed = {label for label, _ in summary.failures}
+        summary.trained = sum(j.kind == "train" and j.cell.label not in failed for j in jobs)
+        summary.evaluated = sum(j.kind == "evaluate" and j.cell.label not in failed for j in jobs)
     summary.wall_s = time.time() - t_start
     return summary
 
 
-def _run_cells(todo: list[Cell], res: dict, spec, uri: str, workdir: Path, exp_id: str, plugin_dirs: list[str],
-               address: str | None, verbose: bool, echo: Callable[[str], None]) -> tuple[float, list]:
+def _run_jobs(jobs: list[Job], res: dict, address: str | None, verbose: bool,
+              echo: Callable[[str], None]) -> tuple[float, list]:
     import ray
     from ray import tune
 
     from segarena.platform.progress import Progress
-    from segarena.platform.trial import run_cell
+    from segarena.platform.trial import job_resources, run_job
 
     started, ray_s = _init_ray(address, verbose)
+    settings = jobs[0].settings
     try:
         cluster = ray.cluster_resources()
-        device = spec.device if spec.device != "auto" else ("cuda" if res["gpus_per_worker"] else "cpu")
-        concurrency = plan_concurrency(cluster.get("CPU", 0), cluster.get("GPU", 0), res, len(todo))
+        concurrency = plan_concurrency(cluster.get("CPU", 0), cluster.get("GPU", 0), res, len(jobs))
         echo(f"ray: {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs · {concurrency} cell(s) at a "
              f"time · {res['workers_per_trial']} worker(s) × {res['cpus_per_worker']:g} CPU per cell"
              + (f" · ray started in {ray_s:.1f}s" if started else ""))
-        settings = {"tracking_uri": uri, "artifact_root": str(workdir / "artifacts"), "experiment_id": exp_id,
-                    "storage_path": str(workdir / "ray"), "cache_dir": str(workdir / "cache"),
-                    "plugin_dirs": [str(p) for p in plugin_folders(plugin_dirs)], "resources": res,
-                    "failure_retries": spec.failure_retries, "device": device,
-                    "segarena_version": version("segarena"), "git_sha": git_sha()}
-        progress = Progress(len(todo), concurrency, echo)
+        progress = Progress(len(jobs), concurrency, echo)
+        suite = jobs[0].cell.suite
         tuner = tune.Tuner(
-            tune.with_resources(run_cell, TRIAL_RESOURCES),
-            param_space={"cell": tune.grid_search([c.as_dict() for c in todo]), "settings": settings},
+            tune.with_resources(run_job, job_resources),
+            param_space={"job": tune.grid_search([j.to_wire() for j in jobs])},
             tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True),
-            run_config=tune.RunConfig(name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                      storage_path=str(workdir / "ray"), verbose=0, callbacks=[progress]))
+            run_config=tune.RunConfig(name=f"{suite}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                      storage_path=str(WorkDir(Path(settings.workdir)).ray_storage), verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=settings.failure_retries),
+                                      callbacks=[progress]))
         tuner.fit()
         return ray_s, progress.failures
     finally:

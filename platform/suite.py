@@ -7,17 +7,16 @@ everything that defines the result, so a rerun skips exactly the cells already f
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
 
 from segarena.benchmarks.shipped import shipped_suites
-from segarena.platform.dataset import stable_hash
 from segarena.platform.errors import PluginError, SpecError
-from segarena.platform.plugin import API_VERSION, Budget
+from segarena.platform.plugin import Budget
+from segarena.platform.records import Cell
 from segarena.platform.registry import Registry
 
 
@@ -34,17 +33,62 @@ class BudgetSpec(_Strict):
         return Budget(steps=self.steps, ensemble=self.ensemble, sampler=self.sampler)
 
 
+class BudgetGrid(_Strict):
+    """``budgets: {sampler: ddim, steps: [1, 5, 10], ensemble: [1, 3, 5]}``: every steps × ensemble pair,
+    all evaluated on one trained checkpoint (smaller ensembles are scored on prefixes of the largest)."""
+
+    sampler: str
+    steps: list[int] = Field(min_length=1)
+    ensemble: list[int] = Field(min_length=1)
+
+    @field_validator("steps", "ensemble")
+    @classmethod
+    def _positive_unique(cls, v: list[int]) -> list[int]:
+        if any(x < 1 for x in v) or len(set(v)) != len(v):
+            raise ValueError("values must be distinct integers >= 1")
+        return v
+
+    def budgets(self) -> list[Budget]:
+        return [Budget(steps=s, ensemble=e, sampler=self.sampler) for s in self.steps for e in self.ensemble]
+
+
+def budget_list(budgets: list[BudgetSpec | BudgetGrid] | BudgetGrid) -> list[Budget]:
+    """A method entry's budgets in order: a grid expanded steps-major, a list of specs and/or grids in turn."""
+    items = [budgets] if isinstance(budgets, BudgetGrid) else list(budgets)
+    out: list[Budget] = []
+    for item in items:
+        out += item.budgets() if isinstance(item, BudgetGrid) else [item.budget()]
+    names = [b.name for b in out]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"budgets repeat: {', '.join(repeated)}")
+    return out
+
+
+# a YAML list of budgets or one grid mapping; tagged so errors name the form that was given
+_Budgets = Annotated[Annotated[list[BudgetSpec], Tag("list")] | Annotated[BudgetGrid, Tag("grid")],
+                     Discriminator(lambda v: "grid" if isinstance(v, dict | BudgetGrid) else "list")]
+
+
 class MethodSpec(_Strict):
     name: str
     profile: str = "tiny"
     hparams: dict[str, Any] = {}
-    budgets: list[BudgetSpec] | None = None  # None: the plugin's budgets for the profile
+    budgets: _Budgets | None = None  # None: the plugin's budgets for the profile
     epochs: int | None = Field(None, ge=1)  # None: the suite's
+
+    @field_validator("budgets")
+    @classmethod
+    def _distinct_budgets(cls, v: list[BudgetSpec] | BudgetGrid | None) -> list[BudgetSpec] | BudgetGrid | None:
+        if v is not None:
+            budget_list(v)
+        return v
 
 
 class DatasetSpec(_Strict):
     name: str
-    path: str | None = None
+    label: str | None = None  # the leaderboard section; default: the name (+ params when one plugin repeats)
+    path: str | None = None  # relative paths are resolved against the suite file's folder
     params: dict[str, Any] = {}
 
 
@@ -62,6 +106,9 @@ class Evaluation(_Strict):
     throughput_batch: int = Field(8, ge=1)
     val_every: int = Field(1, ge=0)  # epochs between val/dice evaluations (0 = never)
     val_cases: int = Field(8, ge=1)
+    nsd_tolerance_mm: float | None = Field(None, gt=0)  # None: 1 mm when spacing is known, else 1 px
+    repeats: int = Field(1, ge=1)  # predictions with this many sampling seeds → per-case std of Dice
+    save_predictions: Literal["all", "overlays", "none"] = "overlays"  # overlays: + npz under 500 test cases
 
 
 class SuiteSpec(_Strict):
@@ -75,6 +122,7 @@ class SuiteSpec(_Strict):
     resources: Resources = Resources()
     evaluation: Evaluation = Evaluation()
     failure_retries: int = Field(0, ge=0)
+    augment: Literal["none", "flips", "default"] = "none"  # training augmentation, the same for every method
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @field_validator("seeds")
@@ -83,58 +131,6 @@ class SuiteSpec(_Strict):
         if len(set(v)) != len(v):
             raise ValueError(f"seeds repeat: {v}")
         return v
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One training run: method × dataset × seed, with the budgets evaluated inside it."""
-
-    suite: str
-    method: str
-    profile: str
-    hparams: dict[str, Any]
-    plugin_version: str
-    dataset: str
-    dataset_path: str | None
-    dataset_params: dict[str, Any]
-    seed: int
-    budgets: tuple[dict[str, Any], ...]
-    epochs: int
-    steps_per_epoch: int | None
-    evaluation: dict[str, Any]
-
-    def _hash(self, leave_out: tuple[str, ...], length: int) -> str:
-        d = {k: v for k, v in self.as_dict().items() if k not in leave_out}
-        return stable_hash({"api": API_VERSION, **d})[:length]
-
-    @property
-    def key(self) -> str:
-        """Hash of everything that defines the cell's result (not the suite name or resources)."""
-        return self._hash(("suite",), 20)
-
-    @property
-    def variant(self) -> str:
-        """Hash of the cell without its seed: the seeds of one variant are averaged on the leaderboard,
-        two variants of one method (other hparams, epochs, ...) stay separate rows."""
-        return self._hash(("suite", "seed"), 12)
-
-    @property
-    def label(self) -> str:
-        return f"{self.method} × {self.dataset} · seed {self.seed}"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"suite": self.suite, "method": self.method, "profile": self.profile, "hparams": self.hparams,
-                "plugin_version": self.plugin_version, "dataset": self.dataset, "dataset_path": self.dataset_path,
-                "dataset_params": self.dataset_params, "seed": self.seed, "budgets": list(self.budgets),
-                "epochs": self.epochs, "steps_per_epoch": self.steps_per_epoch,
-                "evaluation": self.evaluation}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Cell:
-        return cls(**{**d, "budgets": tuple(d["budgets"])})
-
-    def budget_objects(self) -> list[Budget]:
-        return [Budget(**b) for b in self.budgets]
 
 
 def resolve_suite_path(suite: str) -> Path:
@@ -208,12 +204,44 @@ def expand(spec: SuiteSpec, registry: Registry, path: Path | str = "<suite>") ->
                 raise SpecError(f"{path}: field datasets[{j}].name: {exc}") from exc
             for seed in spec.seeds:
                 cells.append(Cell(suite=spec.name, method=m.name, profile=m.profile, hparams=hparams,
-                                  plugin_version=cls.version, dataset=d.name, dataset_path=d.path,
-                                  dataset_params=dict(d.params), seed=seed,
-                                  budgets=tuple(b.as_dict() for b in budgets), epochs=m.epochs or spec.epochs,
-                                  steps_per_epoch=spec.steps_per_epoch,
-                                  evaluation=spec.evaluation.model_dump()))
+                                  plugin_version=cls.version, dataset=d.name,
+                                  dataset_path=_resolve_data_path(d.path, path), dataset_params=dict(d.params),
+                                  seed=seed, budgets=tuple(b.as_dict() for b in budgets),
+                                  epochs=m.epochs or spec.epochs, steps_per_epoch=spec.steps_per_epoch,
+                                  evaluation=spec.evaluation.model_dump(), augment=spec.augment,
+                                  dataset_label=dataset_labels(spec.datasets)[j]))
+    labels = dataset_labels(spec.datasets)
+    if len(set(labels)) != len(labels):
+        raise SpecError(f"{path}: field datasets: two entries share the label {labels[0]!r}: give each a `label:`")
     keys = [c.key for c in cells]
     if len(set(keys)) != len(keys):
         raise SpecError(f"{path}: two entries define the same cell (same method, profile, hparams, dataset, seed)")
     return cells
+
+
+def _resolve_data_path(value: str | None, suite_path: Path | str) -> str | None:
+    """A dataset root as given, made absolute against the suite file's folder (never the cwd of a worker)."""
+    if value is None:
+        return None
+    p = Path(value).expanduser()
+    if not p.is_absolute() and Path(suite_path).is_file():
+        p = Path(suite_path).resolve().parent / p
+    return str(p.resolve())
+
+
+def dataset_labels(datasets: list[DatasetSpec]) -> list[str]:
+    """The leaderboard section of each dataset entry: its ``label``, else its name, with its params
+    appended when one plugin appears more than once (two roots of ``folder`` are not one dataset)."""
+    counts: dict[str, int] = {}
+    for d in datasets:
+        counts[d.name] = counts.get(d.name, 0) + 1
+    out = []
+    for d in datasets:
+        if d.label:
+            out.append(d.label)
+        elif counts[d.name] > 1:
+            extra = {**d.params, **({"path": d.path} if d.path else {})}
+            out.append(f"{d.name}[{','.join(f'{k}={v}' for k, v in sorted(extra.items()))}]")
+        else:
+            out.append(d.name)
+    return out

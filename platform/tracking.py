@@ -1,13 +1,21 @@
-"""MLflow tracking under the tracking contract (DESIGN.md): one experiment per suite, one run per
-cell (with a nested run per evaluated budget), exact tag/metric/artifact names.
+"""MLflow tracking under the tracking contract (docs/contracts.md, "Tracking").
 
-Only the harness writes here; plugins never see MLflow. A cell's run is RUNNING while it trains,
-then FINISHED with everything logged, or FAILED with its error: readers count FINISHED only.
+One experiment per suite. One *training* run per cell (training key): training curves, the best
+budget's scores as ``best/*``, weights under ``model/``, provenance. One nested *evaluation* run
+per budget (evaluation key) with that budget's scores, cost and per-case table. A run is RUNNING
+while it works, then FINISHED with everything logged, or FAILED with its error: readers count
+FINISHED only, and every run is marked FINISHED last.
+
+Only the harness writes here; plugins never see MLflow. This module never imports torch.
+The embedded store (SQLite in the work dir) keeps artifacts under the work dir exactly as a served
+store would (``mlflow-artifacts:/<suite>/<run>/artifacts``): no absolute path is recorded, so a
+copied work dir works, and ``mlflow server --serve-artifacts`` on it shows them.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -15,21 +23,28 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pandas as pd
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from segarena.platform.suite import Cell
+from segarena.platform.errors import StoreError
+from segarena.platform.records import BudgetResult, Cell, CellResult
+from segarena.platform.workdir import ARTIFACT_SCHEME, WorkDir, experiment_location
 
 T = TypeVar("T")
 PREFIX = "segarena."
 KIND_TRAIN, KIND_EVAL = "train", "eval"
 STATUS_RUNNING, STATUS_FINISHED, STATUS_FAILED = "running", "finished", "failed"
 ORPHAN_ERROR = "orphaned: the driver stopped before this cell finished"
+RETRIED_ERROR = "trial process crashed; retried"
+PER_CASE = "per_case.parquet"
+PER_CASE_PREVIEW = "per_case.csv"  # the MLflow UI previews CSV as a table
+MODEL_DIR = "model"
+BEST = ("dice", "iou", "hd95", "latency_ms", "nfe")
 
 
 def default_tracking_uri(workdir: Path) -> str:
-    return f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"
+    return WorkDir.at(workdir).tracking_uri
 
 
 def _retry(fn: Callable[[], T], attempts: int = 8) -> T:
@@ -46,41 +61,67 @@ def _retry(fn: Callable[[], T], attempts: int = 8) -> T:
 
 def cell_tags(cell: Cell, segarena_version: str, git_sha: str) -> dict[str, str]:
     return {
-        f"{PREFIX}suite": cell.suite, f"{PREFIX}method": cell.method, f"{PREFIX}dataset": cell.dataset,
+        f"{PREFIX}suite": cell.suite, f"{PREFIX}method": cell.method,
+        f"{PREFIX}dataset": cell.dataset_label or cell.dataset, f"{PREFIX}dataset_plugin": cell.dataset,
         f"{PREFIX}seed": str(cell.seed), f"{PREFIX}profile": cell.profile, f"{PREFIX}cell": cell.key,
         f"{PREFIX}plugin_version": cell.plugin_version, f"{PREFIX}version": segarena_version,
         f"{PREFIX}git_sha": git_sha,
         f"{PREFIX}budget": ",".join(b.name for b in cell.budget_objects()),
-        f"{PREFIX}variant": cell.variant,
+        f"{PREFIX}variant": cell.variant, f"{PREFIX}augment": cell.augment,
     }
 
 
-def _flat_params(d: dict[str, Any], prefix: str = "") -> list[Param]:
-    out = []
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out += _flat_params(v, f"{prefix}{k}.")
+            out.update(_flat(v, f"{prefix}{k}."))
         else:
-            out.append(Param(f"{prefix}{k}", str(v)[:6000]))
+            out[f"{prefix}{k}"] = str(v)[:6000]
     return out
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
+
+
+def _tag(run: Any, name: str) -> str | None:
+    return run.data.tags.get(PREFIX + name)
+
+
+def best_budget(evals: Iterable[Any]) -> Any | None:
+    """The finished evaluation with the highest Dice (lower HD95 breaks ties), or None."""
+    done = [r for r in evals if r.info.status == "FINISHED" and "dice" in r.data.metrics]
+    if not done:
+        return None
+    return max(done, key=lambda r: (r.data.metrics["dice"], -r.data.metrics.get("hd95", 0.0)))
+
+
 class Tracker:
-    def __init__(self, tracking_uri: str, artifact_root: Path | None = None) -> None:
+    """The store of one tracking URI; ``workdir`` given and owning that URI = the embedded store."""
+
+    def __init__(self, tracking_uri: str, workdir: WorkDir | None = None) -> None:
         self.uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
-        self.artifact_root = artifact_root
+        self.workdir = workdir
+        self.embedded = workdir is not None and tracking_uri == workdir.tracking_uri
 
     # experiments ------------------------------------------------------------------------
-    def experiment(self, suite: str, create: bool = True) -> str | None:
+    def experiment(self, suite: str, create: bool = True, description: str = "") -> str | None:
         exp = self.client.get_experiment_by_name(suite)
         if exp is not None:
-            return exp.experiment_id
-        if not create:
+            exp_id = exp.experiment_id
+        elif not create:
             return None
-        location = (self.artifact_root / suite).resolve().as_uri() if self.artifact_root else None
-        return _retry(lambda: self.client.create_experiment(suite, artifact_location=location,
-                                                            tags={f"{PREFIX}suite": suite}))
+        else:
+            # the embedded store records a location relative to its artifact root; a server picks its own
+            location = experiment_location(suite) if self.embedded else None
+            exp_id = _retry(lambda: self.client.create_experiment(suite, artifact_location=location,
+                                                                  tags={f"{PREFIX}suite": suite}))
+        if description:
+            _retry(lambda: self.client.set_experiment_tag(exp_id, "mlflow.note.content", description))
+        return exp_id
 
     def experiments(self) -> list[Any]:
         return [e for e in self.client.search_experiments() if e.tags.get(f"{PREFIX}suite")]
@@ -98,37 +139,127 @@ class Tracker:
             if not token:
                 return runs
 
-    def finished_cells(self, experiment_id: str) -> dict[str, str]:
-        return {r.data.tags[f"{PREFIX}cell"]: r.info.run_id for r in self.runs([experiment_id], KIND_TRAIN)
-                if r.info.status == "FINISHED" and r.data.tags.get(f"{PREFIX}status") == STATUS_FINISHED}
+    def finished_trainings(self, experiment_id: str) -> dict[str, str]:
+        """Training key → run id of its newest finished training."""
+        runs = sorted(self.runs([experiment_id], KIND_TRAIN), key=lambda r: r.info.start_time)
+        return {_tag(r, "cell"): r.info.run_id for r in runs
+                if r.info.status == "FINISHED" and _tag(r, "status") == STATUS_FINISHED}
+
+    def finished_evaluations(self, experiment_id: str) -> set[tuple[str, str]]:
+        """(training run id, evaluation key) of every finished evaluation."""
+        return {(_tag(r, "parent"), _tag(r, "eval_key")) for r in self.runs([experiment_id], KIND_EVAL)
+                if r.info.status == "FINISHED" and _tag(r, "status") == STATUS_FINISHED}
 
     def mark_orphans(self, experiment_id: str) -> list[str]:
-        """Cell runs left RUNNING by a driver that died: marked FAILED, never counted."""
-        orphans = [r.info.run_id for r in self.runs([experiment_id], KIND_TRAIN) if r.info.status == "RUNNING"]
+        """Runs left RUNNING by a driver that died: marked FAILED, never counted."""
+        orphans = [r.info.run_id for kind in (KIND_TRAIN, KIND_EVAL) for r in self.runs([experiment_id], kind)
+                   if r.info.status == "RUNNING"]
         for run_id in orphans:
-            self.fail_cell(run_id, ORPHAN_ERROR)
+            self.fail_run(run_id, ORPHAN_ERROR)
         return orphans
 
-    # one cell ----------------------------------------------------------------------------
-    def start_cell(self, experiment_id: str, cell: Cell, tags: dict[str, str]) -> str:
+    def mark_retried(self, experiment_id: str, cell_key: str, driver: str) -> list[str]:
+        """This driver's own earlier runs of a cell still RUNNING: a crashed trial that Tune retries."""
+        stale = [r.info.run_id for r in self.runs([experiment_id], KIND_TRAIN)
+                 if r.info.status == "RUNNING" and _tag(r, "cell") == cell_key and _tag(r, "driver") == driver]
+        for run_id in stale:
+            self.fail_run(run_id, RETRIED_ERROR)
+        return stale
+
+    # one training -------------------------------------------------------------------------
+    def start_training(self, experiment_id: str, cell: Cell, tags: dict[str, str]) -> str:
         run = _retry(lambda: self.client.create_run(
-            experiment_id, run_name=f"{cell.method}-{cell.dataset}-s{cell.seed}",
+            experiment_id, run_name=f"{cell.method}-{cell.dataset_label or cell.dataset}-s{cell.seed}",
             tags={**tags, f"{PREFIX}kind": KIND_TRAIN, f"{PREFIX}status": STATUS_RUNNING}))
         run_id = run.info.run_id
-        params = _flat_params({"hparams": cell.hparams, "dataset_params": cell.dataset_params,
-                               "epochs": cell.epochs, "steps_per_epoch": cell.steps_per_epoch})
-        _retry(lambda: self.client.log_batch(run_id, params=params[:100], synchronous=True))
+        params = _flat({"hparams": cell.hparams, "dataset_params": cell.dataset_params, "epochs": cell.epochs,
+                        "steps_per_epoch": cell.steps_per_epoch, "augment": cell.augment})
+        self._params(run_id, params)
         return run_id
 
+    def fail_run(self, run_id: str, error: str) -> None:
+        tags = [RunTag(f"{PREFIX}status", STATUS_FAILED), RunTag(f"{PREFIX}error", error[:4900])]
+        _retry(lambda: self.client.log_batch(run_id, tags=tags, synchronous=True))
+        _retry(lambda: self.client.set_terminated(run_id, "FAILED"))
+
+    def finish_training(self, experiment_id: str, run_id: str, cell: Cell, tags: dict[str, str],
+                        result: CellResult, files: dict[str, Any], harness: dict[str, float]) -> list[str]:
+        """Training record, weights, then each budget's evaluation, then FINISHED last."""
+        self.log_history(run_id, pd.DataFrame(result.history))
+        self.set_tags(run_id, {f"{PREFIX}dataset_hash": result.dataset_hash,
+                               **{f"{PREFIX}{k}": v for k, v in result.card_tags.items()}})
+        self._log_dataset(run_id, cell, result.dataset_hash)
+        self.log_metrics(run_id, {"parameters": float(result.parameters)})
+        self._put(run_id, {**files, "harness.json": harness})
+        if result.weights:
+            self._put_dir(run_id, Path(result.weights), MODEL_DIR)
+        children = self.log_evaluations(experiment_id, run_id, cell, tags, result.budgets, result.per_case,
+                                        files.get("environment.json", {}))
+        self._finish(run_id)
+        return children
+
+    def log_evaluations(self, experiment_id: str, parent_id: str, cell: Cell, tags: dict[str, str],
+                        budgets: list[BudgetResult], per_case: pd.DataFrame, environment: dict[str, Any]) -> list[str]:
+        """One nested FINISHED run per budget, then the parent's ``best/*`` from all its evaluations."""
+        child_ids = []
+        for res in budgets:
+            b = res.budget
+            child = _retry(lambda b=b, res=res: self.client.create_run(
+                experiment_id, run_name=f"{cell.method}-{cell.dataset_label or cell.dataset}-s{cell.seed}-{b.name}",
+                tags={**tags, f"{PREFIX}kind": KIND_EVAL, f"{PREFIX}budget": b.name,
+                      f"{PREFIX}eval_key": cell.eval_key(b), f"{PREFIX}status": STATUS_RUNNING,
+                      f"{PREFIX}parent": parent_id, "mlflow.parentRunId": parent_id,
+                      **{f"{PREFIX}{k}": str(v) for k, v in res.tags.items()}}))
+            cid = child.info.run_id
+            self._params(cid, _flat({"method": cell.method, "profile": cell.profile, "variant": cell.variant,
+                                     "dataset": cell.dataset_label or cell.dataset, "seed": cell.seed,
+                                     "hparams": cell.hparams, "budget": b.as_dict(),
+                                     "evaluation": cell.evaluation_settings()}))
+            self.log_metrics(cid, res.metrics)
+            table = per_case[per_case["budget"] == b.name]
+            self._put(cid, {PER_CASE: table, PER_CASE_PREVIEW: table, "environment.json": environment})
+            self._finish(cid)
+            child_ids.append(cid)
+        self.update_best(parent_id)
+        return child_ids
+
+    def update_best(self, parent_id: str) -> None:
+        """``best/*`` metrics and the ``segarena.best_budget`` tag of a training run, from its evaluations
+        (never the first budget's scores under the plain names: those sort wrongly in the UI)."""
+        run = self.client.get_run(parent_id)
+        evals = [r for r in self.runs([run.info.experiment_id], KIND_EVAL) if _tag(r, "parent") == parent_id
+                 and _tag(r, "status") == STATUS_FINISHED]
+        best = best_budget(evals)
+        if best is None:
+            return
+        self.log_metrics(parent_id, {f"best/{k}": best.data.metrics[k] for k in BEST if k in best.data.metrics})
+        self.set_tags(parent_id, {f"{PREFIX}best_budget": _tag(best, "budget") or ""})
+
+    # small writes ---------------------------------------------------------------------------
+    def _finish(self, run_id: str) -> None:
+        self.set_tags(run_id, {f"{PREFIX}status": STATUS_FINISHED})
+        _retry(lambda: self.client.set_terminated(run_id, "FINISHED"))
+
+    def _params(self, run_id: str, params: dict[str, str]) -> None:
+        batch = [Param(k, v) for k, v in params.items()]
+        for i in range(0, len(batch), 100):
+            _retry(lambda i=i: self.client.log_batch(run_id, params=batch[i:i + 100], synchronous=True))
+
+    def _log_dataset(self, run_id: str, cell: Cell, digest: str) -> None:
+        source = json.dumps({"plugin": cell.dataset, "params": cell.dataset_params, "path": cell.dataset_path})
+        ds = Dataset(name=cell.dataset_label or cell.dataset, digest=digest[:36], source_type="segarena",
+                     source=source)
+        _retry(lambda: self.client.log_inputs(run_id, [DatasetInput(ds, [InputTag("mlflow.data.context", "train")])]))
+
     def log_history(self, run_id: str, history: pd.DataFrame) -> None:
-        """Training curves (``train/*``, ``val/dice``) per epoch from the reported results."""
+        """Training curves (``train/*``, ``val/dice``) per epoch."""
         now = int(time.time() * 1000)
         metrics = []
         for _, row in history.iterrows():
             if "epoch" not in row or pd.isna(row["epoch"]):
                 continue
             for k, v in row.items():
-                if (str(k).startswith(("train/", "val/"))) and pd.notna(v):
+                if str(k).startswith(("train/", "val/")) and pd.notna(v):
                     metrics.append(Metric(str(k), float(v), now, int(row["epoch"])))
         for i in range(0, len(metrics), 900):
             _retry(lambda i=i: self.client.log_batch(run_id, metrics=metrics[i:i + 900], synchronous=True))
@@ -136,60 +267,67 @@ class Tracker:
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         _retry(lambda: self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()], synchronous=True))
 
-    def fail_cell(self, run_id: str, error: str) -> None:
-        tags = [RunTag(f"{PREFIX}status", STATUS_FAILED), RunTag(f"{PREFIX}error", error[:4900])]
-        _retry(lambda: self.client.log_batch(run_id, tags=tags, synchronous=True))
-        _retry(lambda: self.client.set_terminated(run_id, "FAILED"))
-
-    def finish_cell(self, experiment_id: str, run_id: str, cell: Cell, tags: dict[str, str],
-                    results: dict[str, dict[str, Any]], per_case: pd.DataFrame, files: dict[str, Any],
-                    extra_metrics: dict[str, float]) -> list[str]:
-        """Log each budget as a nested FINISHED run, the first budget's headline metrics on the cell
-        run, then mark the cell FINISHED last, so a crash in between leaves a run that is not counted."""
-        child_ids = []
-        for budget_name, res in results.items():
-            child = _retry(lambda b=budget_name: self.client.create_run(
-                experiment_id, run_name=f"{cell.method}-{cell.dataset}-s{cell.seed}-{b}",
-                tags={**tags, f"{PREFIX}kind": KIND_EVAL, f"{PREFIX}budget": b, f"{PREFIX}status": STATUS_FINISHED,
-                      f"{PREFIX}parent": run_id, "mlflow.parentRunId": run_id}))
-            cid = child.info.run_id
-            self.log_metrics(cid, res["metrics"])
-            self._log_budget_tags(cid, res)
-            self._log_files(cid, {"per_case.parquet": per_case[per_case["budget"] == budget_name],
-                                  "config.json": files["config.json"], "environment.json": files["environment.json"]})
-            _retry(lambda cid=cid: self.client.set_terminated(cid, "FINISHED"))
-            child_ids.append(cid)
-        first = next(iter(results.values()))
-        self.log_metrics(run_id, {**first["metrics"], **extra_metrics})
-        self._log_files(run_id, {"per_case.parquet": per_case, **files})
-        _retry(lambda: self.client.log_batch(run_id, tags=[RunTag(f"{PREFIX}status", STATUS_FINISHED)],
-                                             synchronous=True))
-        _retry(lambda: self.client.set_terminated(run_id, "FINISHED"))
-        return child_ids
-
-    def _log_budget_tags(self, run_id: str, res: dict[str, Any]) -> None:
-        tags = [RunTag(f"{PREFIX}{k}", str(v)) for k, v in res.get("tags", {}).items()]
-        if tags:
-            _retry(lambda: self.client.log_batch(run_id, tags=tags, synchronous=True))
-
     def log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
         _retry(lambda: self.client.log_batch(run_id, metrics=batch, synchronous=True))
 
-    def _log_files(self, run_id: str, files: dict[str, Any]) -> None:
+    # artifacts ------------------------------------------------------------------------------
+    def _local_root(self, run_id: str) -> Path | None:
+        """The run's artifact folder when it lives in this work dir (embedded store), else None."""
+        if not self.embedded:
+            return None
+        uri = self.client.get_run(run_id).info.artifact_uri
+        return self.workdir.artifact_path(uri) if uri.startswith(ARTIFACT_SCHEME) else None
+
+    def _put(self, run_id: str, files: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for name, content in files.items():
                 path = Path(tmp) / name
                 if isinstance(content, pd.DataFrame):
-                    content.to_parquet(path, index=False)
+                    if name.endswith(".csv"):
+                        content.to_csv(path, index=False)
+                    else:
+                        content.to_parquet(path, index=False)
                 elif isinstance(content, (dict, list)):
                     path.write_text(json.dumps(content, indent=1, default=str))
                 else:
                     path.write_text(str(content))
-                _retry(lambda p=path: self.client.log_artifact(run_id, str(p)))
+            self._put_dir(run_id, Path(tmp), "")
 
-    def load_table(self, run_id: str, name: str = "per_case.parquet") -> pd.DataFrame:
+    def _put_dir(self, run_id: str, folder: Path, under: str) -> None:
+        root = self._local_root(run_id)
+        if root is not None:
+            dest = root / under if under else root
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(folder, dest, dirs_exist_ok=True)
+            return
+        _retry(lambda: self.client.log_artifacts(run_id, str(folder), under or None))
+
+    def fetch(self, run_id: str, path: str, dest: Path) -> Path:
+        """A local copy of one artifact file or folder (in place for the embedded store)."""
+        try:
+            root = self._local_root(run_id)
+            if root is not None:
+                local = root / path
+                if not local.exists():
+                    raise StoreError(f"run {run_id}: artifact {path!r} is missing ({local})")
+                return local
+            dest.mkdir(parents=True, exist_ok=True)
+            return Path(self.client.download_artifacts(run_id, path, str(dest)))
+        except StoreError:
+            raise
+        except (MlflowException, OSError) as exc:
+            raise StoreError(f"run {run_id}: cannot read artifact {path!r}: {_first_line(exc)}") from exc
+
+    def load_table(self, run_id: str, name: str = PER_CASE) -> pd.DataFrame:
         with tempfile.TemporaryDirectory() as tmp:
-            local = self.client.download_artifacts(run_id, name, tmp)
-            return pd.read_parquet(local)
+            local = self.fetch(run_id, name, Path(tmp))
+            try:
+                return pd.read_parquet(local)
+            except (OSError, ValueError) as exc:
+                raise StoreError(f"run {run_id}: artifact {name!r} is unreadable: {_first_line(exc)}") from exc
+
+    def load_json(self, run_id: str, name: str) -> Any:
+        with tempfile.TemporaryDirectory() as tmp:
+            return json.loads(self.fetch(run_id, name, Path(tmp)).read_text())

@@ -1,22 +1,22 @@
-"""The Ray Tune trainable for one cell: opens the cell's MLflow run, drives a Ray Train
-TorchTrainer (Train V2 inside Tune, specs/stack.md §3), then logs results or the failure."""
+"""The Ray Tune trainable of one job: train a cell (in this process, or through a Ray Train
+``TorchTrainer`` for several workers), or evaluate stored weights; then record it in MLflow."""
 
 from __future__ import annotations
 
-import json
+import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from segarena.platform.suite import Cell
-from segarena.platform.tracking import Tracker, cell_tags
-from segarena.platform.worker import ERROR_MARK, PER_CASE_FILE, RESULTS_FILE, train_cell
+from segarena.platform.records import CellResult, Job
+from segarena.platform.tracking import PREFIX, Tracker, cell_tags
+from segarena.platform.workdir import WorkDir
+from segarena.platform.worker import ERROR_MARK, TrialSession, evaluate_stored, guarded, train_and_evaluate, train_cell
 
 
 def error_line(exc: BaseException) -> str:
-    """The plugin's own error from a Ray TrainingFailedError, as one line."""
+    """The plugin's own error from a CellError or a Ray TrainingFailedError, as one line."""
     text = str(exc)
     if ERROR_MARK in text:
         return text.split(ERROR_MARK, 1)[1].strip().splitlines()[0]
@@ -24,67 +24,92 @@ def error_line(exc: BaseException) -> str:
     return (lines[-1] if lines else type(exc).__name__)[:1000]
 
 
-def run_cell(config: dict[str, Any]) -> None:
-    """Tune function trainable; ``config = {"cell": Cell dict, "settings": runner settings}``."""
-    from ray import train, tune
+def job_resources(config: dict[str, Any]) -> Any:
+    """Per-trial resources (Tune calls this with the trial's config)."""
+    from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
+
+    return resource_dict_to_pg_factory(Job.from_wire(config["job"]).resources())
+
+
+def run_job(config: dict[str, Any]) -> None:
+    """Tune function trainable; ``config = {"job": Job.to_wire()}``."""
+    from ray import tune
+
+    t0 = time.time()
+    job = Job.from_wire(config["job"])
+    s, cell = job.settings, job.cell
+    workdir = WorkDir(Path(s.workdir))
+    tracker = Tracker(s.tracking_uri, workdir)
+    tags = {**cell_tags(cell, s.segarena_version, s.git_sha), f"{PREFIX}driver": s.driver}
+    if job.kind == "evaluate":
+        try:
+            weights = tracker.fetch(job.train_run_id, "model", workdir.model_dir(job.train_run_id))
+            result = guarded(evaluate_stored, job, weights)
+            tracker.log_evaluations(s.experiment_id, job.train_run_id, cell, tags, result.budgets, result.per_case,
+                                    result.fingerprint)
+        except Exception as exc:  # the stored training stays FINISHED; these budgets are retried next run
+            tune.report({"cell_status": "failed", "action": "evaluate", "error": error_line(exc)})
+            return
+        tune.report({"cell_status": "finished", "action": "evaluate", "harness/cell_wall_s": time.time() - t0})
+        return
+    tracker.mark_retried(s.experiment_id, cell.key, s.driver)
+    run_id = tracker.start_training(s.experiment_id, cell, tags)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            if job.in_trial:
+                result = guarded(train_and_evaluate, job, TrialSession(workdir.cell_checkpoint(cell.key)), Path(tmp))
+                harness = _log(tracker, run_id, job, tags, result, t0)
+            else:
+                fit = _trainer(job, workdir).fit()
+                with fit.checkpoint.as_directory() as d:
+                    result = CellResult.load(d, weights=str(Path(d) / "model"))
+                    harness = _log(tracker, run_id, job, tags, result, t0)
+    except Exception as exc:  # recorded as the cell's failure; the other cells go on
+        message = error_line(exc)
+        tracker.fail_run(run_id, message)
+        tune.report({"cell_status": "failed", "action": "train", "error": message})
+        return
+    workdir.clear_cell_checkpoint(cell.key)
+    tune.report({"cell_status": "finished", "action": "train", **harness})
+
+
+def _trainer(job: Job, workdir: WorkDir) -> Any:
+    from ray import train
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    t0 = time.time()
-    cell, s = Cell.from_dict(config["cell"]), config["settings"]
-    tracker = Tracker(s["tracking_uri"], Path(s["artifact_root"]))
-    tags = cell_tags(cell, s["segarena_version"], s["git_sha"])
-    run_id = tracker.start_cell(s["experiment_id"], cell, tags)
-    res = s["resources"]
-    trainer = TorchTrainer(
+    s = job.settings
+    return TorchTrainer(
         train_cell,
-        train_loop_config={"cell": cell.as_dict(), "plugin_dirs": s["plugin_dirs"], "cache_dir": s["cache_dir"],
-                           "threads": max(1, int(res["cpus_per_worker"])), "device": s["device"]},
-        scaling_config=train.ScalingConfig(num_workers=res["workers_per_trial"], use_gpu=s["device"] == "cuda",
-                                           resources_per_worker={"CPU": res["cpus_per_worker"],
-                                                                 **({"GPU": res["gpus_per_worker"]}
-                                                                    if res["gpus_per_worker"] else {})}),
+        train_loop_config={"job": job.to_wire()},
+        scaling_config=train.ScalingConfig(num_workers=s.workers_per_trial, use_gpu=s.device == "cuda",
+                                           resources_per_worker={"CPU": s.cpus_per_worker,
+                                                                 **({"GPU": s.gpus_per_worker}
+                                                                    if s.gpus_per_worker else {})}),
         run_config=train.RunConfig(
-            name=f"cell-{cell.key}",  # stable: a rerun resumes this cell's last checkpoint
-            storage_path=s["storage_path"],
-            failure_config=train.FailureConfig(max_failures=s["failure_retries"]),
+            name=f"cell-{job.cell.key}",  # stable: a rerun resumes this cell's last checkpoint
+            storage_path=str(workdir.ray_storage),
+            failure_config=train.FailureConfig(max_failures=s.failure_retries),
             checkpoint_config=train.CheckpointConfig(num_to_keep=1),
             callbacks=[TuneReportCallback()]))
-    try:
-        result = trainer.fit()
-        timing = _log_results(tracker, run_id, cell, tags, s, result, t0)
-    except Exception as exc:  # recorded as the cell's failure; the other cells go on
-        message = error_line(exc)
-        tracker.fail_cell(run_id, message)
-        tune.report({"cell_status": "failed", "error": message})
-        return
-    tune.report({"cell_status": "finished", **timing})
 
 
-def _log_results(tracker: Tracker, run_id: str, cell: Cell, tags: dict[str, str], s: dict[str, Any],
-                 result: Any, t0: float) -> dict[str, float]:
-    """Everything the worker handed back → the cell's MLflow run (FINISHED only once all is logged)."""
-    with result.checkpoint.as_directory() as d:
-        out = json.loads((Path(d) / RESULTS_FILE).read_text())
-        per_case = pd.read_parquet(Path(d) / PER_CASE_FILE)
-    t_fit = time.time()
-    tracker.log_history(run_id, pd.DataFrame(out["history"]))
-    tm = out["timings"]
-    compute = tm["train_compute_s"] + tm["eval_s"]
-    # Where a cell's wall time goes: start of Ray Train's controller + worker group, data and plugin
-    # setup in the worker, compute, hand-back to the trial, and MLflow logging (estimated before it ends).
-    extra = {"harness/trainer_start_s": tm["worker_started_at"] - t0, "harness/worker_setup_s": tm["worker_setup_s"],
-             "harness/compute_s": compute, "harness/handback_s": t_fit - tm["evaluated_at"],
-             "parameters": float(out["parameters"])}
-    files = {"config.json": {"cell": cell.as_dict(), "cell_key": cell.key, "task": out["task"],
-                             "resources": s["resources"], "dataset_hash": out["dataset_hash"]},
-             "environment.json": out["fingerprint"], "split.json": out["split"]}
-    tags = {**tags, "segarena.dataset_hash": out["dataset_hash"]}
-    tracker.set_tags(run_id, {"segarena.dataset_hash": out["dataset_hash"]})
+def _log(tracker: Tracker, run_id: str, job: Job, tags: dict[str, str], result: CellResult,
+         t0: float) -> dict[str, float]:
+    """Everything the training handed back → its MLflow run (FINISHED only once all is logged)."""
+    cell, s = job.cell, job.settings
+    tm = result.timings
     t_log = time.time()
-    tracker.finish_cell(s["experiment_id"], run_id, cell, tags, out["results"], per_case, files, extra)
+    # Where a cell's wall time goes: start of the worker (Ray Train's controller + worker group when
+    # there are several), data and plugin setup, compute, hand-back to the trial, MLflow logging.
+    harness = {"trainer_start_s": tm.started_at - t0, "worker_setup_s": tm.setup_s,
+               "compute_s": tm.train_compute_s + tm.eval_s, "train_compute_s": tm.train_compute_s,
+               "eval_s": tm.eval_s, "handback_s": t_log - tm.evaluated_at}
+    files = {"config.json": {"cell": cell.as_dict(), "training_key": cell.key, "task": result.task.as_dict(),
+                             "resources": {k: v for k, v in asdict(s).items() if "per_" in k},
+                             "dataset_hash": result.dataset_hash},
+             "environment.json": result.fingerprint, "split.json": result.split}
+    tracker.finish_training(s.experiment_id, run_id, cell, tags, result, files, harness)
     wall = time.time() - t0
-    timing = {**extra, "harness/logging_s": time.time() - t_log, "harness/cell_wall_s": wall,
-              "harness/overhead_s": wall - compute}
-    tracker.log_metrics(run_id, {k: v for k, v in timing.items() if k not in extra})  # after: it measures logging
-    return timing
+    harness.update({"logging_s": time.time() - t_log, "cell_wall_s": wall, "overhead_s": wall - harness["compute_s"]})
+    return {f"harness/{k}": v for k, v in harness.items()}

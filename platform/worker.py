@@ -1,20 +1,23 @@
-"""The per-worker training loop run by Ray Train's TorchTrainer for one cell.
+"""The training loop of one cell, and the evaluation of stored weights.
 
-Every rank trains (DDP when there are several); rank 0 saves a checkpoint every epoch and, at the
-end, evaluates the test split and hands the results to the trial through the final checkpoint.
+The loop runs the same code in two places (docs/contracts.md, "Runs"): inside the Tune trial's own
+process for one-worker cells (no Ray Train worker group to start: the cheap path), or on every rank
+of a Ray Train ``TorchTrainer`` for multi-worker DDP cells. ``Session`` hides the difference: rank,
+world size, the latest checkpoint and the per-epoch report. Rank 0 checkpoints every epoch,
+evaluates the test split at the end and returns a ``CellResult`` with the final weights.
 """
 
 from __future__ import annotations
 
-import json
 import math
+import shutil
 import tempfile
 import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -22,10 +25,11 @@ from segarena.platform.cell_data import CellData, load_cell_data
 from segarena.platform.evaluation import evaluate, quick_dice
 from segarena.platform.fingerprint import fingerprint
 from segarena.platform.plugin import MethodPlugin, unwrap
+from segarena.platform.records import Budget, BudgetResult, Cell, CellResult, Job, Timings
 from segarena.platform.registry import discover
-from segarena.platform.suite import Cell
+from segarena.platform.weights import load_model, load_state, save_atomic, save_model
 
-STATE_FILE, META_FILE, RESULTS_FILE, PER_CASE_FILE = "state.pt", "meta.json", "results.json", "per_case.parquet"
+CHECKPOINT_FILE = "checkpoint.pt"
 ERROR_MARK = "SEGARENA_CELL_ERROR:"
 
 
@@ -33,12 +37,68 @@ class CellError(RuntimeError):
     """A cell failed; the message carries ERROR_MARK so the trial can extract one clear line."""
 
 
-def place(method: MethodPlugin, device: torch.device, world: int) -> None:
-    from ray.train.torch import prepare_model
+class Session(Protocol):
+    rank: int
+    world: int
 
+    def latest(self) -> Path | None: ...  # folder of the newest checkpoint, or None
+
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None: ...
+
+
+class TrialSession:
+    """One process, inside the Tune trial: checkpoints go to a stable per-cell file in the work dir,
+    so a retried trial (Tune's FailureConfig) or the next driver resumes the same cell."""
+
+    rank, world = 0, 1
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def latest(self) -> Path | None:
+        return self.folder if (self.folder / CHECKPOINT_FILE).exists() else None
+
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
+        from ray import tune
+
+        if checkpoint is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            shutil.move(checkpoint / CHECKPOINT_FILE, self.folder / (CHECKPOINT_FILE + ".tmp"))
+            (self.folder / (CHECKPOINT_FILE + ".tmp")).replace(self.folder / CHECKPOINT_FILE)
+        tune.report(metrics)
+
+
+class TrainSession:
+    """A rank of a Ray Train worker group (Train V2: every rank reports, rank 0 with the checkpoint)."""
+
+    def __init__(self) -> None:
+        import ray.train
+
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self._dir: tempfile.TemporaryDirectory | None = None
+
+    def latest(self) -> Path | None:
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return None
+        self._dir = tempfile.TemporaryDirectory()
+        return Path(ckpt.to_directory(self._dir.name))
+
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
+        import ray.train
+
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint) if checkpoint else None)
+
+
+def place(method: MethodPlugin, device: torch.device, world: int) -> None:
     for name, module in method.modules().items():
         module.to(device)
         if world > 1 and any(p.requires_grad for p in module.parameters()):
+            from ray.train.torch import prepare_model
+
             setattr(method, name, prepare_model(module, move_to_device=False,
                                                 parallel_strategy_kwargs={"find_unused_parameters": True}))
 
@@ -58,7 +118,7 @@ def bare_modules(method: MethodPlugin) -> Iterator[MethodPlugin]:
 
 
 def train_epoch(method: MethodPlugin, data: tuple[torch.Tensor, torch.Tensor], cell: Cell, epoch: int, rank: int,
-                world: int, device: torch.device) -> dict[str, float]:
+                world: int, device: torch.device, augment: Any = None) -> dict[str, float]:
     images, masks = data
     gen = torch.Generator().manual_seed(cell.seed * 100_003 + epoch)
     perm = torch.randperm(len(images), generator=gen)
@@ -72,7 +132,10 @@ def train_epoch(method: MethodPlugin, data: tuple[torch.Tensor, torch.Tensor], c
     method.train()
     for s in range(steps):
         idx = order[(s * bs + torch.arange(bs)) % len(order)]
-        logs = method.training_step({"image": images[idx].to(device), "mask": masks[idx].to(device)})
+        x, y = images[idx], masks[idx]
+        if augment is not None:
+            x, y = augment(x, y, (epoch * steps + s) * world + rank)
+        logs = method.training_step({"image": x.to(device), "mask": y.to(device)})
         for k, v in logs.items():
             if not math.isfinite(v):
                 raise CellError(f"{ERROR_MARK} {cell.method} produced {k}={v} at epoch {epoch}, step {s}")
@@ -80,15 +143,54 @@ def train_epoch(method: MethodPlugin, data: tuple[torch.Tensor, torch.Tensor], c
     return {f"train/{k}": v / steps for k, v in sums.items()} | {"train/steps": float(steps)}
 
 
-def save_checkpoint(directory: Path, method: MethodPlugin, epoch: int, history: list[dict[str, Any]]) -> None:
-    torch.save(method.state_dict(), directory / STATE_FILE)
-    (directory / META_FILE).write_text(json.dumps({"epoch": epoch, "history": history}))
+def _augment(cell: Cell) -> Any:
+    if cell.augment == "none":
+        return None
+    from segarena.platform.augment import Augment
+
+    return Augment(cell.augment, cell.seed)
 
 
-def train_cell(config: dict[str, Any]) -> None:
-    """Ray Train per-worker entry point (``train_loop_config`` = ``config``)."""
+def _device(name: str) -> torch.device:
+    if name == "cpu":
+        return torch.device("cpu")
+    import ray.train.torch
+
+    return ray.train.torch.get_device()
+
+
+def _budget_results(results: dict[str, dict[str, Any]]) -> list[BudgetResult]:
+    return [BudgetResult(Budget(**r["budget"]), dict(r["metrics"]), {k: str(v) for k, v in r.get("tags", {}).items()})
+            for r in results.values()]
+
+
+def _open(job: Job) -> tuple[Any, CellData]:
+    cell = job.cell
+    registry = discover(job.settings.plugin_dirs, use_env=False)
+    from segarena.platform.workdir import WorkDir
+
+    data = load_cell_data(registry, cell.dataset, cell.dataset_path, cell.dataset_params,
+                          WorkDir(Path(job.settings.workdir)).cache, cell.seed)
+    return registry, data
+
+
+def _result(method: MethodPlugin, data: CellData, job: Job, device: torch.device, history: list[dict[str, Any]],
+            timings: Timings, weights: str | None) -> CellResult:
+    t0 = time.time()
+    per_case, results = evaluate(method, data.cases("test"), list(job.budgets), data.task, device, job.cell.seed,
+                                 job.cell.evaluation)
+    timings.eval_s, timings.evaluated_at = time.time() - t0, time.time()
+    card = getattr(method, "card_tags", None)
+    return CellResult(budgets=_budget_results(results), per_case=per_case, history=history, timings=timings,
+                      fingerprint=fingerprint(device), split=data.split.as_dict(), task=data.task,
+                      parameters=method.num_parameters(), dataset_hash=data.dataset.content_hash(), weights=weights,
+                      card_tags=dict(card()) if callable(card) else {})
+
+
+def guarded(fn: Any, *args: Any) -> Any:
+    """Run ``fn``; any error leaves as a CellError whose first marked line is the plugin's own."""
     try:
-        _train_cell(config)
+        return fn(*args)
     except CellError:
         raise
     except Exception as exc:
@@ -96,67 +198,71 @@ def train_cell(config: dict[str, Any]) -> None:
         raise CellError(f"{ERROR_MARK} {type(exc).__name__}: {exc}\n{tb}") from exc
 
 
-def _train_cell(config: dict[str, Any]) -> None:
-    import ray.train
-    from ray.train import Checkpoint
-
+def train_and_evaluate(job: Job, session: Session, out_dir: Path) -> CellResult | None:
+    """Train the job's cell (resuming from the session's latest checkpoint), then on rank 0 evaluate
+    its budgets and save the final weights to ``out_dir/model``; other ranks return None."""
     t_start = time.time()
-    cell = Cell.from_dict(config["cell"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(max(1, int(config["threads"])))
-    device = ray.train.torch.get_device() if config["device"] != "cpu" else torch.device("cpu")
-    registry = discover(config["plugin_dirs"], use_env=False)
-    data: CellData = load_cell_data(registry, cell.dataset, cell.dataset_path, cell.dataset_params,
-                                    Path(config["cache_dir"]), cell.seed)
+    cell, s = job.cell, job.settings
+    rank, world = session.rank, session.world
+    torch.set_num_threads(s.threads)
+    device = _device(s.device)
+    registry, data = _open(job)
     torch.manual_seed(cell.seed)
     method = registry.method(cell.method)(cell.hparams, data.task)
     place(method, device, world)
     start, history = 0, []
-    if (ckpt := ray.train.get_checkpoint()) is not None:
-        with ckpt.as_directory() as d:
-            method.load_state_dict(torch.load(Path(d) / STATE_FILE, map_location=device, weights_only=False))
-            meta = json.loads((Path(d) / META_FILE).read_text())
-            start, history = meta["epoch"] + 1, meta.get("history", [])
+    if (latest := session.latest()) is not None:
+        saved = load_state(latest / CHECKPOINT_FILE, device)
+        method.load_state_dict(saved["state"])
+        start, history = saved["epoch"] + 1, list(saved["history"])
     tensors = data.train_tensors()
-    budgets = cell.budget_objects()
-    cheapest = min(budgets, key=lambda b: b.nfe)
+    augment = _augment(cell)
+    cheapest = min(job.budgets or cell.budget_objects(), key=lambda b: b.nfe)
     ev = cell.evaluation
     val_cases = data.cases("val")[: ev["val_cases"]]
-    t_ready = time.time()
-    compute_s = 0.0
+    timings = Timings(started_at=t_start, setup_s=time.time() - t_start)
     for epoch in range(start, cell.epochs):
         t0 = time.time()
-        metrics: dict[str, Any] = {"epoch": epoch, **train_epoch(method, tensors, cell, epoch, rank, world, device)}
+        metrics: dict[str, Any] = {"epoch": epoch, **train_epoch(method, tensors, cell, epoch, rank, world, device,
+                                                                 augment)}
         if rank == 0 and val_cases and ev["val_every"] and (epoch + 1) % ev["val_every"] == 0:
             with bare_modules(method) as bare:
                 metrics["val/dice"] = quick_dice(bare, val_cases, cheapest, data.task, device, cell.seed,
                                                  ev["batch_size"])
-        compute_s += time.time() - t0
-        metrics["phase"] = "train"
-        history.append({k: v for k, v in metrics.items() if k != "phase"})
+        metrics["epoch_s"] = time.time() - t0
+        timings.train_compute_s += metrics["epoch_s"]
+        history.append(dict(metrics))
         with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
+            ckpt = None
             if rank == 0:
-                save_checkpoint(Path(tmp), method, epoch, history)
-                checkpoint = Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint)
-    with tempfile.TemporaryDirectory() as tmp, bare_modules(method):
-        checkpoint = None
-        metrics = {"epoch": cell.epochs, "phase": "evaluated"}
-        if rank == 0:
-            t0 = time.time()
-            per_case, results = evaluate(method, data.cases("test"), budgets, data.task, device, cell.seed, ev)
-            eval_s = time.time() - t0
-            save_checkpoint(Path(tmp), method, cell.epochs - 1, history)
-            per_case.to_parquet(Path(tmp) / PER_CASE_FILE, index=False)
-            timings = {"worker_started_at": t_start, "worker_setup_s": t_ready - t_start, "train_compute_s": compute_s,
-                       "eval_s": eval_s, "evaluated_at": time.time()}
-            (Path(tmp) / RESULTS_FILE).write_text(json.dumps({
-                "results": results, "timings": timings, "history": history, "fingerprint": fingerprint(device),
-                "dataset_hash": data.dataset.content_hash(), "split": data.split.as_dict(),
-                "task": {"in_channels": data.task.in_channels, "num_classes": data.task.num_classes,
-                         "image_size": list(data.task.image_size), "class_names": list(data.task.class_names)},
-                "parameters": method.num_parameters()}, default=str))
-            checkpoint = Checkpoint.from_directory(tmp)
-        ray.train.report(metrics, checkpoint=checkpoint)
+                save_atomic({"state": method.state_dict(), "epoch": epoch, "history": history},
+                            Path(tmp) / CHECKPOINT_FILE)
+                ckpt = Path(tmp)
+            session.report({**metrics, "phase": "train"}, ckpt)
+    if rank != 0:
+        return None
+    with bare_modules(method) as bare:
+        weights = save_model(out_dir / "model", bare, cell, data.task)
+        return _result(bare, data, job, device, history, timings, str(weights))
+
+
+def evaluate_stored(job: Job, weights: Path) -> CellResult:
+    """Evaluate ``job.budgets`` on the weights of a finished training: nothing is trained."""
+    t_start = time.time()
+    torch.set_num_threads(job.settings.threads)
+    device = _device(job.settings.device)
+    registry, data = _open(job)
+    method = load_model(weights, registry, device)
+    return _result(method, data, job, device, [], Timings(started_at=t_start, setup_s=time.time() - t_start), None)
+
+
+def train_cell(config: dict[str, Any]) -> None:
+    """Ray Train per-worker entry point of a multi-worker cell: rank 0 hands the result (and the
+    final weights) back to the trial through the last checkpoint."""
+    job = Job.from_wire(config["job"])
+    session = TrainSession()
+    with tempfile.TemporaryDirectory() as tmp:
+        result = guarded(train_and_evaluate, job, session, Path(tmp))
+        if result is not None:
+            result.save(tmp)
+        session.report({"epoch": job.cell.epochs, "phase": "evaluated"}, Path(tmp) if result is not None else None)

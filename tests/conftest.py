@@ -51,7 +51,7 @@ class {cls}(MethodPlugin):
 
     def predict(self, images, budget, generator=None):
         probs = self.net(images).sigmoid()
-        return Prediction(probs=probs, mask=probs > 0.5, nfe=1)
+        return Prediction(probs=probs, mask=probs > 0.5, nfe=budget.nfe)
 '''
 
 

@@ -155,3 +155,86 @@ def test_cdal_generator_mse_halves_on_synthetic_discs():
     batch = synthetic_batch(TASK, 8, seed=1)
     mse = [method.training_step(batch)["g_mse"] for _ in range(20)]
     assert min(mse[-3:]) < 0.5 * mse[0], [round(m, 3) for m in mse]
+
+
+def test_input_pyramid_combines_with_features_so_it_sees_the_image():
+    """NCSN++ residual input pyramid: from level 1 on, the pyramid is the combined feature
+    (down(pyramid) + h)/√2, so its input at levels ≥ 1 depends on the image (issue 15)."""
+    method = make(ch_mult=[1, 2, 2, 2])
+    gen = method.generator
+    seen: dict[int, list[torch.Tensor]] = {}
+    hooks = [stage["pyramid"].register_forward_pre_hook(
+        lambda _m, args, lvl=lvl: seen.setdefault(lvl, []).append(args[0].detach().clone()))
+        for lvl, stage in enumerate(gen.down) if "pyramid" in stage]
+    x_next, t, z = torch.randn(1, 1, 64, 64), torch.tensor([1]), torch.randn(1, method.hparams["nz"])
+    images = synthetic_batch(TASK, 2, seed=3)["image"]
+    with torch.no_grad():
+        for image in images:
+            gen(x_next, t, image[None], z)
+    for h in hooks:
+        h.remove()
+    assert sorted(seen) == [0, 1, 2]
+    torch.testing.assert_close(seen[0][0], seen[0][1])  # level 0: x_{t+1} itself
+    torch.testing.assert_close(seen[0][0], x_next)
+    for lvl in (1, 2):
+        assert (seen[lvl][0] - seen[lvl][1]).abs().max() > 1e-4, f"pyramid input at level {lvl} ignores the image"
+
+
+def test_discriminator_feeds_the_raw_last_block_to_minibatch_stddev(monkeypatch):
+    """The official head: minibatch-stddev on the raw last-block output (no LeakyReLU before it)."""
+    import segarena.methods.cdal.discriminator as disc
+
+    method = make()
+    _, t, x_t, x_next = real_pair(method)
+    captured = []
+    real_mbstd = disc.minibatch_stddev
+    monkeypatch.setattr(disc, "minibatch_stddev", lambda h, *a: captured.append(h) or real_mbstd(h, *a))
+    with torch.no_grad():
+        last = method.discriminator.features(x_t, t, x_next)[-1]
+        method.discriminator(x_t, t, x_next)
+    assert last.min() < 0  # a LeakyReLU in between would change the negative part
+    torch.testing.assert_close(captured[0], last)
+
+
+def test_generator_time_mlp_is_four_nf_wide_in_every_profile():
+    """NCSN++: Linear(nf → 4nf) → SiLU → Linear(4nf → 4nf), independent of D's t_emb (CXR: 128 at nf 32)."""
+    from segarena.methods.cdal.generator import CDALGenerator
+    from segarena.methods.cdal.method import _GEN_KEYS
+
+    for name, p in CDALMethod.profiles().items():
+        keys = {k: p[k] for k in _GEN_KEYS}
+        gen = CDALGenerator(1, 1, 64 if name == "tiny" else 256, **keys)
+        first, second = gen.time.mlp[0], gen.time.mlp[2]
+        assert (first.in_features, first.out_features, second.out_features) == (p["nf"], 4 * p["nf"], 4 * p["nf"])
+        assert gen.down[0]["blocks"][0].temb.in_features == 4 * p["nf"]
+    assert CDALMethod.profiles()["paper_cxr"]["nf"] == 32 and CDALMethod.profiles()["paper_cxr"]["t_emb"] == 256
+
+
+def test_cosine_lr_is_on_at_paper_off_at_tiny_and_matches_torch_per_epoch():
+    profiles = CDALMethod.profiles()
+    assert profiles["paper"]["lr_schedule"] == profiles["paper_cxr"]["lr_schedule"] == "cosine"
+    assert profiles["tiny"]["lr_schedule"] == "constant"
+    assert (profiles["paper"]["lr_t_max"], profiles["paper"]["lr_eta_min"]) == (500, 1e-5)
+    method = make(lr_schedule="cosine", lr_t_max=3, lr_epoch_steps=2, lr_g=2e-3, lr_d=1e-3)
+    ref = {}
+    for name, base in (("g", 2e-3), ("d", 1e-3)):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=base)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=3, eta_min=1e-5)
+        ref[name] = []
+        for _epoch in range(9):  # past T_max: torch's cosine turns back up
+            ref[name] += [opt.param_groups[0]["lr"]] * 2  # two steps per epoch
+            opt.step()
+            sched.step()
+    ours = [method.learning_rates(i) for i in range(18)]
+    assert [g for g, _ in ours] == pytest.approx(ref["g"], rel=1e-9)
+    assert [d for _, d in ours] == pytest.approx(ref["d"], rel=1e-9)
+    method.train()
+    logs = [method.training_step(synthetic_batch(TASK, 2, s)) for s in range(3)]
+    assert [lg["lr_g"] for lg in logs] == pytest.approx(ref["g"][:3])
+    assert method.opt_g.param_groups[0]["lr"] == pytest.approx(ref["g"][2])
+    assert method.opt_d.param_groups[0]["lr"] == pytest.approx(ref["d"][2])
+    tiny = make().train()
+    for s in range(3):
+        assert tiny.training_step(synthetic_batch(TASK, 2, s))["lr_g"] == profiles["tiny"]["lr_g"]
+    with pytest.raises(ValueError, match="lr_schedule"):
+        make(lr_schedule="step")

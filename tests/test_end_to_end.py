@@ -6,7 +6,8 @@ import pytest
 
 from segarena.platform.leaderboard import leaderboard
 from segarena.platform.runner import run_suite
-from segarena.platform.tracking import KIND_EVAL, KIND_TRAIN, Tracker, cell_tags, default_tracking_uri
+from segarena.platform.tracking import KIND_EVAL, KIND_TRAIN, Tracker, cell_tags
+from segarena.platform.workdir import WorkDir
 
 SUITE = """
 name: e2e
@@ -33,7 +34,7 @@ def test_suite_runs_reruns_without_duplicates_and_ranks(ray_session, tmp_path, m
     suite = tmp_path / "e2e.yaml"
     suite.write_text(SUITE)
     workdir = tmp_path / "runs"
-    tracker = Tracker(default_tracking_uri(workdir), workdir / "artifacts")
+    tracker = Tracker(WorkDir.at(workdir).tracking_uri, WorkDir.at(workdir))
     exp = tracker.experiment("e2e")
     # a run left RUNNING by a driver that was killed
     from segarena.platform.registry import discover
@@ -41,7 +42,7 @@ def test_suite_runs_reruns_without_duplicates_and_ranks(ray_session, tmp_path, m
 
     spec, _ = load_suite(suite)
     unet_cell = expand(spec, discover([plugins], use_env=False))[0]
-    orphan = tracker.start_cell(exp, unet_cell, cell_tags(unet_cell, "0", "x"))
+    orphan = tracker.start_training(exp, unet_cell, cell_tags(unet_cell, "0", "x"))
 
     lines: list[str] = []
     first = run_suite(suite, workdir, plugin_dirs=[str(plugins)], echo=lines.append)
@@ -62,14 +63,15 @@ def test_suite_runs_reruns_without_duplicates_and_ranks(ray_session, tmp_path, m
     evals = tracker.runs([exp], KIND_EVAL)
     assert len(evals) == 1 and evals[0].data.tags["mlflow.parentRunId"] == finished[0].info.run_id
     run = finished[0]
-    assert {"dice", "iou", "hd95", "latency_ms", "throughput_ips", "nfe", "peak_mem_mb", "train/loss",
+    assert {"best/dice", "best/iou", "best/hd95", "best/latency_ms", "best/nfe", "train/loss",
             "val/dice"} <= set(run.data.metrics)
-    assert run.data.tags["segarena.dataset_hash"]
-    assert 0.0 <= run.data.metrics["dice"] <= 1.0
+    assert {"dice", "iou", "hd95", "latency_ms", "throughput_ips", "nfe", "peak_mem_mb"} <= set(evals[0].data.metrics)
+    assert run.data.tags["segarena.dataset_hash"] and run.data.tags["segarena.best_budget"] == "direct-e1"
+    assert 0.0 <= evals[0].data.metrics["dice"] <= 1.0
 
     board, failed = leaderboard(tracker, "e2e")
     assert list(board["method"]) == ["unet"] and board.iloc[0]["n_seeds"] == 1
-    assert board.iloc[0]["dice_mean"] == pytest.approx(run.data.metrics["dice"])
+    assert board.iloc[0]["dice_mean"] == pytest.approx(evals[0].data.metrics["dice"])
     assert sorted(failed["method"]) == ["boomy", "nanny"]
     assert "boom from a plugin" in failed.set_index("method").loc["boomy", "error"]
 
@@ -96,6 +98,6 @@ def test_two_worker_ddp_cell_validates_and_evaluates_on_rank_zero(ray_session, t
     suite.write_text(DDP_SUITE)
     summary = run_suite(suite, tmp_path / "runs", echo=lambda _: None)
     assert summary.failures == [] and summary.ran == 1
-    tracker = Tracker(default_tracking_uri(tmp_path / "runs"))
+    tracker = Tracker(WorkDir.at(tmp_path / "runs").tracking_uri)
     (run,) = tracker.runs([summary.experiment_id], KIND_TRAIN)
     assert run.info.status == "FINISHED" and "val/dice" in run.data.metrics

@@ -191,3 +191,45 @@ def test_ema_weights_are_used_for_sampling_and_survive_a_checkpoint():
     with torch.inference_mode():
         again = other.eval().predict(batch["image"], budget, torch.Generator().manual_seed(1)).probs
     assert torch.equal(with_ema, again)
+
+
+def test_concat_image_is_the_official_first_conv_over_image_and_mask_channels():
+    """concat_image: conv(cat(I, x_t)) with in_channels = image + mask channels, built as
+    conv_I(I) (once per image) + conv_x(x_t); with no fusion stage it is the image's only path."""
+    import torch.nn.functional as F
+
+    task = Task(in_channels=3, num_classes=2, image_size=(32, 32), exclusive=False)
+    assert MedSegDiffMethod.profiles()["paper"]["concat_image"] is False  # the paper's path: fusion only
+    assert OFFICIAL_SWITCHES["concat_image"] is True
+    g = torch.Generator().manual_seed(0)
+    x_t, t = torch.randn(1, 2, 32, 32, generator=g), torch.tensor([40])
+    images = torch.randn(2, 3, 32, 32, generator=g)
+    outs = {}
+    for concat in (True, False):
+        method = make(task, concat_image=concat, fusion_stages=[]).eval()
+        den = method.denoiser
+        torch.nn.init.normal_(den.out[-1].weight, std=0.1)  # the zero-initialised head would hide everything
+        with torch.no_grad():
+            outs[concat] = [den(x_t, t, method.condition(im[None])) for im in images]
+            if concat:
+                conv_i, conv_x = method.condition.image_in, den.in_conv
+                assert conv_i.in_channels + conv_x.in_channels == task.in_channels + task.num_classes
+                joint = torch.cat([conv_i.weight, conv_x.weight], 1)  # official order: cat(image, x_t)
+                ref = F.conv2d(torch.cat([images[:1], x_t], 1), joint, conv_x.bias, padding=1)
+                torch.testing.assert_close(conv_x(x_t) + method.condition(images[:1]).image_in, ref)
+            else:
+                assert method.condition.image_in is None
+    assert (outs[True][0] - outs[True][1]).abs().max() > 1e-3  # the image reaches the output through the first conv
+    torch.testing.assert_close(outs[False][0], outs[False][1], rtol=0, atol=0)  # no concat, no fusion: no image
+
+
+def test_profiles_docstring_states_the_measured_parameter_counts():
+    from segarena.methods.medsegdiff import profiles
+
+    counts = {}
+    for name in ("tiny", "paper"):
+        hp = MedSegDiffMethod.profiles()[name]
+        size = hp["image_size"]
+        counts[name] = MedSegDiffMethod(hp, Task(1, 1, (size, size))).num_parameters()
+    assert counts["tiny"] == 306_953 and counts["paper"] == 116_302_945  # 1-channel image, 1 class
+    assert "306,953" in profiles.__doc__ and "116,302,945" in profiles.__doc__

@@ -11,17 +11,19 @@ from segarena.platform.metrics import per_case_metrics
 from segarena.platform.registry import plugin_folders
 from segarena.platform.runner import suite_lock
 from segarena.platform.suite import Cell
+from segarena.platform.workdir import WorkDir
 from segarena.platform.worker import train_epoch
 
 
 def test_second_driver_of_a_suite_is_refused(tmp_path):
-    with suite_lock(tmp_path, "s"):
+    wd = WorkDir.at(tmp_path)
+    with suite_lock(wd, "s"):
         with pytest.raises(SegarenaError, match="already running"):
-            with suite_lock(tmp_path, "s"):
+            with suite_lock(wd, "s"):
                 pass
-        with suite_lock(tmp_path, "other"):  # other suites are independent
+        with suite_lock(wd, "other"):  # other suites are independent
             pass
-    with suite_lock(tmp_path, "s"):  # released
+    with suite_lock(wd, "s"):  # released
         pass
 
 
@@ -65,3 +67,48 @@ def test_channels_first_never_merges_classes_into_a_volume():
     assert len(per_case_metrics(pred, pred, spacing=(1.0, 1.0), channels_first=True)) == 3
     with pytest.raises(ValueError, match="spacing"):
         per_case_metrics(pred, pred, spacing=(1.0, 1.0, 2.0), channels_first=True)
+
+
+def _cell(**kw):
+    base = dict(suite="s", method="m", profile="tiny", hparams={"lr": 0.1}, plugin_version="1", dataset="d",
+                dataset_path=None, dataset_params={}, seed=0, budgets=({"sampler": "ddim", "steps": 5, "ensemble": 1},),
+                epochs=2, steps_per_epoch=None, evaluation={"timing_repeats": 10, "val_cases": 8, "val_every": 1})
+    return Cell(**{**base, **kw})
+
+
+def test_training_key_ignores_budgets_and_evaluation_settings_but_not_training():
+    base = _cell()
+    more_budgets = _cell(budgets=(*base.budgets, {"sampler": "ddim", "steps": 10, "ensemble": 1}))
+    other_timing = _cell(evaluation={**base.evaluation, "timing_repeats": 3})
+    assert base.key == more_budgets.key == other_timing.key
+    for changed in (_cell(epochs=3), _cell(hparams={"lr": 0.2}), _cell(seed=1), _cell(augment="flips"),
+                    _cell(dataset_hash="x"), _cell(evaluation={**base.evaluation, "val_cases": 2}),
+                    _cell(plugin_version="2"), _cell(steps_per_epoch=5)):
+        assert changed.key != base.key
+    (b,) = base.budget_objects()
+    assert base.eval_key(b) != other_timing.eval_key(b)  # new evaluation settings re-evaluate
+    assert base.eval_key(b) == more_budgets.eval_key(b)  # an added budget leaves the others alone
+
+
+def test_plan_jobs_trains_evaluates_or_skips():
+    from segarena.platform.records import Budget, Settings
+    from segarena.platform.runner import plan_jobs
+
+    s = Settings("sqlite:///x", "/tmp/x", "1", (), 1, 1.0, 0.0, 0, "cpu", "0", "sha", "drv")
+    new, done, partial = _cell(seed=0), _cell(seed=1), _cell(seed=2, budgets=(
+        {"sampler": "ddim", "steps": 5, "ensemble": 1}, {"sampler": "ddim", "steps": 10, "ensemble": 1}))
+    trainings = {done.key: "r1", partial.key: "r2"}
+    evaluations = {("r1", done.eval_key(Budget(5, 1, "ddim"))), ("r2", partial.eval_key(Budget(5, 1, "ddim")))}
+    jobs, skipped = plan_jobs([new, done, partial], trainings, evaluations, s)
+    assert [(j.kind, j.cell.seed, [b.name for b in j.budgets]) for j in jobs] == [
+        ("train", 0, ["ddim5-e1"]), ("evaluate", 2, ["ddim10-e1"])]
+    assert jobs[1].train_run_id == "r2" and skipped == [done]
+
+
+def test_job_round_trips_through_the_wire():
+    from segarena.platform.records import Budget, Job, Settings
+
+    s = Settings("sqlite:///x", "/tmp/x", "1", ("/p",), 2, 1.0, 0.0, 1, "cpu", "0", "sha", "drv")
+    job = Job("evaluate", _cell(), (Budget(5, 1, "ddim"),), s, train_run_id="r")
+    assert Job.from_wire(job.to_wire()) == job
+    assert not Job("train", _cell(), (), s).in_trial and job.in_trial  # 2 workers train through Ray Train

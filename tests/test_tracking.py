@@ -8,34 +8,48 @@ import pandas as pd
 import pytest
 
 from segarena.platform.leaderboard import leaderboard, render
-from segarena.platform.suite import Cell
-from segarena.platform.tracking import ORPHAN_ERROR, Tracker, cell_tags, default_tracking_uri
+from segarena.platform.records import Budget, BudgetResult, Cell, CellResult, Task, Timings
+from segarena.platform.tracking import KIND_EVAL, ORPHAN_ERROR, Tracker, cell_tags
+from segarena.platform.workdir import WorkDir
+
+DIRECT = {"sampler": "direct", "steps": 1, "ensemble": 1}
 
 
-def make_cell(suite, method="unet", seed=0, dataset="synthetic"):
+def make_cell(suite, method="unet", seed=0, dataset="synthetic", budgets=(DIRECT,)):
     return Cell(suite=suite, method=method, profile="tiny", hparams={"lr": 0.1}, plugin_version="1", dataset=dataset,
-                dataset_path=None, dataset_params={}, seed=seed,
-                budgets=({"sampler": "direct", "steps": 1, "ensemble": 1},), epochs=1, steps_per_epoch=None,
-                evaluation={})
+                dataset_path=None, dataset_params={}, seed=seed, budgets=tuple(budgets), epochs=1,
+                steps_per_epoch=None, evaluation={})
+
+
+def table(budget, dices):
+    return pd.DataFrame({"budget": budget, "case_id": [f"c{i}" for i in range(len(dices))], "class": "1",
+                         "dice": dices, "iou": dices, "hd95": [1.0] * len(dices), "hd95_unit": "px",
+                         "gt_empty": False, "pred_empty": False, "gt_voxels": 10, "pred_voxels": 10})
+
+
+def result(per_budget: dict[str, tuple[Budget, list[float], float]]) -> CellResult:
+    """A training's result with one (budget, per-case dices, logged dice) per budget name."""
+    budgets = [BudgetResult(b, {"dice": logged, "hd95": 1.0, "latency_ms": 5.0, "nfe": float(b.nfe)})
+               for b, _, logged in per_budget.values()]
+    per_case = pd.concat([table(name, d) for name, (_, d, _) in per_budget.items()], ignore_index=True)
+    return CellResult(budgets=budgets, per_case=per_case, history=[{"epoch": 0, "train/loss": 0.5}],
+                      timings=Timings(), fingerprint={"torch": "x"}, split={"train": [], "val": [], "test": []},
+                      task=Task(1, 1, (8, 8)), parameters=10, dataset_hash="abc")
 
 
 def finish(tracker, exp, cell, dices, logged_dice=0.123):
     tags = cell_tags(cell, "0.1.0", "abc")
-    run_id = tracker.start_cell(exp, cell, tags)
-    per_case = pd.DataFrame({"budget": "direct-e1", "case_id": [f"c{i}" for i in range(len(dices))], "class": "1",
-                             "dice": dices, "iou": dices, "hd95": [1.0] * len(dices), "hd95_unit": "px",
-                             "gt_empty": False, "pred_empty": False, "gt_voxels": 10, "pred_voxels": 10})
-    results = {"direct-e1": {"metrics": {"dice": logged_dice, "latency_ms": 5.0, "nfe": 1.0}, "tags": {}}}
-    tracker.finish_cell(exp, run_id, cell, tags, results, per_case,
-                        {"config.json": {"cell": cell.as_dict()}, "environment.json": {"torch": "x"}}, {})
+    run_id = tracker.start_training(exp, cell, tags)
+    tracker.finish_training(exp, run_id, cell, tags, result({"direct-e1": (Budget(), dices, logged_dice)}),
+                            {"config.json": {"cell": cell.as_dict()}, "environment.json": {"torch": "x"}}, {})
     return run_id
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """One SQLite store per module: creating its schema costs seconds."""
-    root = tmp_path_factory.mktemp("store")
-    return Tracker(default_tracking_uri(root), root / "artifacts"), root
+    root = WorkDir.at(tmp_path_factory.mktemp("store"))
+    return Tracker(root.tracking_uri, root), root.root
 
 
 @pytest.fixture
@@ -57,11 +71,16 @@ def test_tags_metrics_artifacts_of_a_finished_cell(tracker, suite, store):
                 "git_sha", "status"):
         assert f"segarena.{tag}" in run.data.tags, tag
     assert run.info.status == "FINISHED" and run.data.tags["segarena.status"] == "finished"
-    assert {"dice", "latency_ms", "nfe"} <= set(run.data.metrics)
-    names = {f.path for f in tracker.client.list_artifacts(run_id)}
-    assert {"per_case.parquet", "config.json", "environment.json"} <= names
-    assert str(store[1] / "artifacts") in run.info.artifact_uri
-    assert tracker.finished_cells(exp) == {make_cell(suite).key: run_id}
+    assert {"best/dice", "best/latency_ms", "best/nfe"} <= set(run.data.metrics)
+    assert not {"dice", "latency_ms"} & set(run.data.metrics)  # plain names belong to evaluation runs
+    run_dir = WorkDir(store[1]).artifact_path(run.info.artifact_uri)
+    assert {"config.json", "environment.json", "harness.json"} <= {p.name for p in run_dir.iterdir()}
+    assert str(store[1]) not in run.info.artifact_uri  # relative to the store's artifact root: portable
+    (child,) = tracker.runs([exp], KIND_EVAL)
+    child_dir = WorkDir(store[1]).artifact_path(child.info.artifact_uri)
+    assert {"per_case.parquet", "per_case.csv"} <= {p.name for p in child_dir.iterdir()}
+    assert child.data.params["budget.sampler"] == "direct" and child.data.params["method"] == "unet"
+    assert tracker.finished_trainings(exp) == {make_cell(suite).key: run_id}
 
 
 def test_leaderboard_recomputes_from_per_case_rows(tracker, suite):
@@ -91,7 +110,7 @@ def test_rerun_of_a_cell_is_counted_once(tracker, suite):
 def test_orphans_are_marked_failed_and_never_counted(tracker, suite):
     exp = tracker.experiment(suite)
     cell = make_cell(suite, method="crashy")
-    orphan = tracker.start_cell(exp, cell, cell_tags(cell, "0.1.0", "abc"))
+    orphan = tracker.start_training(exp, cell, cell_tags(cell, "0.1.0", "abc"))
     assert tracker.mark_orphans(exp) == [orphan]
     run = tracker.client.get_run(orphan)
     assert run.info.status == "FAILED" and run.data.tags["segarena.error"] == ORPHAN_ERROR
@@ -103,8 +122,8 @@ def test_failed_cells_are_marked_on_the_board(tracker, suite):
     exp = tracker.experiment(suite)
     finish(tracker, exp, make_cell(suite, seed=0), [0.5])
     bad = make_cell(suite, seed=1)
-    run_id = tracker.start_cell(exp, bad, cell_tags(bad, "0.1.0", "abc"))
-    tracker.fail_cell(run_id, "ValueError: boom")
+    run_id = tracker.start_training(exp, bad, cell_tags(bad, "0.1.0", "abc"))
+    tracker.fail_run(run_id, "ValueError: boom")
     board, failed = leaderboard(tracker, suite)
     assert board.iloc[0]["failed_seeds"] == 1
     assert "ValueError: boom" in render(board, failed, "table")
@@ -149,3 +168,66 @@ def test_two_variants_of_a_method_stay_separate_rows(tracker, suite):
     assert sorted(board["dice_mean"]) == pytest.approx([0.4, 0.8]) and set(board["n_seeds"]) == {1}
     labels = render(board, _, "table")
     assert f"unet·{other.variant[:6]}" in labels and f"unet·{base.variant[:6]}" in labels
+
+
+def test_cell_run_carries_the_best_budget_never_the_first(tracker, suite):
+    """Sorting cell runs by ``best/dice`` in the MLflow UI ranks them by their best budget."""
+    exp = tracker.experiment(suite)
+    ddim1, ddim3 = Budget(5, 1, "ddim"), Budget(5, 3, "ddim")
+    cell = make_cell(suite, budgets=(ddim1.as_dict(), ddim3.as_dict()))
+    tags = cell_tags(cell, "0.1.0", "abc")
+    run_id = tracker.start_training(exp, cell, tags)
+    res = result({"ddim5-e1": (ddim1, [0.5], 0.536), "ddim5-e3": (ddim3, [0.7], 0.675)})
+    tracker.finish_training(exp, run_id, cell, tags, res, {"environment.json": {}}, {})
+    run = tracker.client.get_run(run_id)
+    assert run.data.metrics["best/dice"] == pytest.approx(0.675)
+    assert run.data.tags["segarena.best_budget"] == "ddim5-e3"
+    assert tracker.client.get_run(run_id).inputs.dataset_inputs[0].dataset.digest == "abc"
+
+
+def test_description_goes_to_the_experiment_note(tracker, suite):
+    exp = tracker.experiment(suite, description="what this suite measures")
+    assert tracker.client.get_experiment(exp).tags["mlflow.note.content"] == "what this suite measures"
+
+
+def test_copied_work_dir_gives_the_same_leaderboard(tmp_path):
+    import shutil
+
+    original = WorkDir.at(tmp_path / "original")
+    tracker = Tracker(original.tracking_uri, original)
+    exp = tracker.experiment("copy")
+    finish(tracker, exp, make_cell("copy"), [0.4, 0.6])
+    before, _ = leaderboard(tracker, "copy")
+    copy = WorkDir.at(tmp_path / "elsewhere" / "copy")
+    shutil.copytree(original.root, copy.root)
+    shutil.rmtree(original.root)
+    after, _ = leaderboard(Tracker(copy.tracking_uri, copy), "copy")
+    pd.testing.assert_frame_equal(before.drop(columns=["run_ids"], errors="ignore"),
+                                  after.drop(columns=["run_ids"], errors="ignore"))
+    assert after.iloc[0]["dice_mean"] == pytest.approx(0.5)
+
+
+def test_a_missing_artifact_is_one_line_naming_run_and_file(tmp_path):
+    import shutil
+
+    from segarena.platform.errors import StoreError
+
+    wd = WorkDir.at(tmp_path / "w")
+    tracker = Tracker(wd.tracking_uri, wd)
+    exp = tracker.experiment("broken")
+    finish(tracker, exp, make_cell("broken"), [0.4])
+    shutil.rmtree(wd.artifacts)
+    with pytest.raises(StoreError) as info:
+        leaderboard(tracker, "broken")
+    message = str(info.value)
+    assert "per_case.parquet" in message and "run " in message and "\n" not in message
+
+
+def test_reading_the_store_never_imports_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; import segarena.platform.leaderboard, segarena.platform.tracking; "
+            "bad = [m for m in ('torch', 'ray', 'monai') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -76,5 +76,5 @@ class TimeCondDiscriminator(nn.Module):
         return hs
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, x_next: torch.Tensor) -> torch.Tensor:
-        h = minibatch_stddev(_lrelu(self.features(x_t, t, x_next)[-1]))
+        h = minibatch_stddev(self.features(x_t, t, x_next)[-1])  # the raw block output, as released
         return self.linear(_lrelu(self.final(h)).sum((2, 3))).squeeze(1)

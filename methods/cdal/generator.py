@@ -2,8 +2,12 @@
 
 Latent z → mapping network → AdaGN scale/shift in every ResBlock norm (the few-step trick of
 DDGAN); the image enters through a full-resolution residual encoder added to the first feature
-map; x_{t+1} also feeds a residual input pyramid (``progressive_input='residual'``). Residual
-branches, attention outputs and the head start at zero (NCSN++ ``init_scale=0``).
+map; x_{t+1} also feeds a residual input pyramid (``progressive_input='residual'``): at level 0 the
+pyramid is x_{t+1}, and at every level transition it is downsampled (FIR + conv3x3), combined with
+the downsampled features as (pyramid + h)/√2, and that combination becomes both h and the next
+pyramid, so from level 1 on the pyramid carries the image too. The time MLP is nf → 4nf → 4nf as
+in NCSN++ (not the discriminator's ``t_emb``). Residual branches, attention outputs and the head
+start at zero (NCSN++ ``init_scale=0``).
 """
 
 from __future__ import annotations
@@ -101,10 +105,11 @@ class CDALGenerator(nn.Module):
 
     def __init__(self, label_channels: int, image_channels: int, image_size: int, *, nf: int,
                  ch_mult: Sequence[int], num_res_blocks: int, attn_resolutions: Sequence[int],
-                 enc_layers: int, enc_blocks: int, nz: int, z_emb: int, n_mlp: int, t_emb: int,
+                 enc_layers: int, enc_blocks: int, nz: int, z_emb: int, n_mlp: int,
                  dropout: float = 0.0, resample: str = "fir") -> None:
         super().__init__()
         self.nz = nz
+        t_emb = 4 * nf  # NCSN++ time MLP width
         self.time = TimeEmbedding(nf, t_emb, nn.SiLU())
         self.mapping = mapping_network(nz, z_emb, n_mlp)
         self.conv_in = conv(label_channels, nf)
@@ -153,9 +158,9 @@ class CDALGenerator(nn.Module):
             for block, attn in zip(stage["blocks"], stage["attns"]):
                 h = attn(block(h, temb, w))
                 hs.append(h)
-            if "resample" in stage:  # level transition with the residual input pyramid
-                pyramid = stage["pyramid"](pyramid)
-                h = (stage["resample"](h, temb, w) + pyramid) / SQRT2
+            if "resample" in stage:  # level transition: the residual input pyramid becomes the combined feature
+                pyramid = (stage["pyramid"](pyramid) + stage["resample"](h, temb, w)) / SQRT2
+                h = pyramid
                 hs.append(h)
         h = self.mid[2](self.mid[1](self.mid[0](h, temb, w)), temb, w)
         for stage in self.up:

@@ -8,6 +8,7 @@ fresh z per step, the E ensemble members as one batch: nfe = T x E generator row
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
@@ -23,14 +24,18 @@ from segarena.methods.common.ensemble import fuse, to_prob, to_signed
 from segarena.platform.plugin import Budget, MethodPlugin, Prediction, Task, unwrap
 from segarena.platform.search_space import Choice, LogUniform
 
+LR_SCHEDULES = ("constant", "cosine")
+# lr_*: the released CosineAnnealingLR(T_max=500 epochs, eta_min=1e-5) on both optimizers, stepped once per
+# epoch; a plugin sees steps, so an epoch is `lr_epoch_steps` training steps (MoNuSeg: 30 images / batch 4 → 8).
 _COMMON: dict[str, Any] = {"beta_min": 0.1, "beta_max": 20.0, "betas": [0.5, 0.9], "r1_gamma": 1.0,
                            "adv_weight_g": 0.0, "attn_norm": "none", "resample": "fir", "dropout": 0.0,
-                           "fusion": "mean"}
+                           "fusion": "mean", "lr_schedule": "constant", "lr_t_max": 500, "lr_eta_min": 1e-5,
+                           "lr_epoch_steps": 8}
 _MONUSEG: dict[str, Any] = {
     **_COMMON, "image_size": 256, "T": 4, "nf": 64, "ch_mult": [1, 1, 1, 2, 2, 4, 4], "num_res_blocks": 2,
     "attn_resolutions": [16, 8], "enc_layers": 5, "enc_blocks": 1, "nz": 100, "z_emb": 256, "n_mlp": 3,
     "t_emb": 256, "d_ngf": 64, "d_init_std": 0.02, "d_mult": [4, 8, 8, 8, 8, 8], "attn_level": 3, "batch_size": 4,
-    "lr_g": 2e-4, "lr_d": 1e-4, "lazy_reg": 10, "ensembles": [1, 5]}
+    "lr_g": 2e-4, "lr_d": 1e-4, "lazy_reg": 10, "ensembles": [1, 5], "lr_schedule": "cosine"}
 PROFILES: dict[str, dict[str, Any]] = {
     "tiny": {**_COMMON, "image_size": 64, "T": 2, "nf": 8, "ch_mult": [1, 2, 2], "num_res_blocks": 1,
              "attn_resolutions": [16], "enc_layers": 1, "enc_blocks": 1, "nz": 16, "z_emb": 32, "n_mlp": 1,
@@ -39,10 +44,12 @@ PROFILES: dict[str, dict[str, Any]] = {
     "paper": _MONUSEG,
     "paper_cxr": {**_MONUSEG, "T": 2, "nf": 32, "ch_mult": [1, 1, 2, 2, 4, 4], "num_res_blocks": 1,
                   "attn_resolutions": [16], "enc_layers": 3, "enc_blocks": 2, "attn_level": 2, "batch_size": 3,
-                  "lr_d": 1e-5, "lazy_reg": 1, "ensembles": [1, 5, 30]},
+                  "lr_d": 1e-5, "lazy_reg": 1, "ensembles": [1, 5, 30],
+                  "lr_epoch_steps": 189},  # Shenzhen's 566 masked images / batch 3 (fold 0 trains on Shenzhen)
 }
+# `t_emb` is the discriminator's time width; the generator's is 4·nf (NCSN++).
 _GEN_KEYS = ("nf", "ch_mult", "num_res_blocks", "attn_resolutions", "enc_layers", "enc_blocks", "nz", "z_emb",
-             "n_mlp", "t_emb", "dropout", "resample")
+             "n_mlp", "dropout", "resample")
 
 
 @contextmanager
@@ -60,15 +67,19 @@ def frozen(module: nn.Module):
 
 class CDALMethod(MethodPlugin):
     name: ClassVar[str] = "cdal"
-    version: ClassVar[str] = "0.1.0"
+    version: ClassVar[str] = "0.2.0"  # 0.2: input pyramid fix, D head, G time width, cosine lr
     paper: ClassVar[str] = ("Hejrati, Banerjee, Glide-Hurst, Dong. Conditional diffusion model with spatial "
                             "attention and latent embedding for medical image segmentation. MICCAI 2024")
     stochastic: ClassVar[bool] = True
     denoiser: ClassVar[str] = "generator"
+    headline_loss: ClassVar[str | None] = "g_mse"  # the generator's x0 loss; d_* are discriminator terms
+    paper_augment: ClassVar[str] = "default"  # MoNuSeg script: flips, RandomAffine(22°, 0.75-1.25), ColorJitter
 
     def __init__(self, hparams: dict[str, Any], task: Task) -> None:
         super().__init__({**_COMMON, **hparams}, task)
         hp = self.hparams
+        if hp["lr_schedule"] not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule {hp['lr_schedule']!r} not in {LR_SCHEDULES}")
         # exclusive multi-class: one-hot with background, as the released Hippocampus setup
         self.one_hot = task.exclusive and task.num_classes > 1
         self.label_channels = task.num_classes + int(self.one_hot)
@@ -145,13 +156,28 @@ class CDALMethod(MethodPlugin):
         (grad,) = torch.autograd.grad(logits.sum(), x_t, create_graph=True)
         return self.hparams["r1_gamma"] / 2 * grad.flatten(1).pow(2).sum(1).mean()
 
+    def learning_rates(self, iteration: int) -> tuple[float, float]:
+        """(lr_G, lr_D) at ``iteration``: constant, or the closed form of CosineAnnealingLR at epoch
+        iteration // lr_epoch_steps (periodic past T_max, as torch's scheduler keeps stepping)."""
+        hp = self.hparams
+        if hp["lr_schedule"] == "constant":
+            return hp["lr_g"], hp["lr_d"]
+        epoch = iteration // max(1, int(hp["lr_epoch_steps"]))
+        cos = (1 + math.cos(math.pi * epoch / hp["lr_t_max"])) / 2
+        eta = hp["lr_eta_min"]
+        return eta + (hp["lr_g"] - eta) * cos, eta + (hp["lr_d"] - eta) * cos
+
     # training --------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         x0, image = self.target(batch["mask"]), batch["image"]
+        lr_g, lr_d = self.learning_rates(self.iteration)
+        for opt, lr in ((self.opt_g, lr_g), (self.opt_d, lr_d)):
+            for group in opt.param_groups:
+                group["lr"] = lr
         logs = self._step_d(x0, image)
         logs.update(self._step_g(x0, image))
         self.iteration += 1
-        return logs
+        return logs | {"lr_g": lr_g, "lr_d": lr_d}
 
     def _step_d(self, x0: torch.Tensor, image: torch.Tensor) -> dict[str, float]:
         b = x0.shape[0]
@@ -212,10 +238,18 @@ class CDALMethod(MethodPlugin):
         if self.one_hot:  # argmax over background + classes, per member and of the mean
             members = _one_hot_argmax(member_probs, 2)[:, :, 1:]
             probs, mask = member_probs.mean(0)[:, 1:], _one_hot_argmax(member_probs.mean(0), 1)[:, 1:]
+            member_probs = member_probs[:, :, 1:]
         else:
             members = member_probs > 0.5
-            probs, mask = fuse(member_probs, self.hparams["fusion"])
-        return Prediction(probs=probs, mask=mask, nfe=budget.nfe, members=members)
+            probs, mask = self.fuse(member_probs)
+        return Prediction(probs=probs, mask=mask, nfe=budget.nfe, members=members, member_probs=member_probs)
+
+    def fuse(self, member_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``fusion`` of (E, B, C, H, W) member probabilities. One-hot mode also needs the background
+        channel, which members carry but ``member_probs`` (foreground only) does not."""
+        if self.one_hot:
+            raise NotImplementedError("one-hot cDAL fuses with its background channel")
+        return fuse(member_probs, self.hparams["fusion"])
 
 
 def _one_hot_argmax(probs: torch.Tensor, dim: int) -> torch.Tensor:

@@ -1,9 +1,10 @@
 """Gaussian diffusion on MONAI's schedulers: linear β scaled to T (as the official code), ε-prediction.
 
 Samplers get ε and return the sample (never the model output). DDPM runs all T steps (MONAI's DDPM
-step always steps t → t-1, so a shorter DDPM chain would be wrong: refused). DDIM (η = 0) uses
-evenly spaced "trailing" timesteps T-1, T-1-s, …, s-1 with s = T/k, which is exactly the stride
-MONAI's ``DDIMScheduler.step`` assumes (its own linspace spacing disagrees with that stride).
+step always steps t → t-1, so a shorter DDPM chain would be wrong: refused). DDIM (η = 0) uses the
+shared ``StridedDDIMScheduler`` (timesteps T-1, T-1-s, …, s-1 with s = T/k, the stride MONAI's
+``step`` assumes). ``dpmpp2m`` / ``unipc`` are diffusers' DPM-Solver++ 2M and UniPC on the same
+training betas and timestep grid, x̂0 clipped to [-1, 1] like DDIM; one denoiser pass per step.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from collections.abc import Callable
 import torch
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
+from segarena.methods.common.ddim import StridedDDIMScheduler
+from segarena.methods.common.ode_samplers import ODE_SAMPLERS, ode_sample
 from segarena.platform.plugin import Budget
 
-SAMPLERS = ("ddim", "ddpm")
+SAMPLERS = ("ddim", "ddpm", *ODE_SAMPLERS)
 
 
 def schedule_args(timesteps: int) -> dict:
@@ -24,17 +27,6 @@ def schedule_args(timesteps: int) -> dict:
         raise ValueError(f"timesteps {timesteps} < 50: the rescaled linear β would reach {20 / timesteps:.2f}")
     scale = 1000 / timesteps
     return {"schedule": "linear_beta", "beta_start": 1e-4 * scale, "beta_end": 0.02 * scale}
-
-
-class StridedDDIMScheduler(DDIMScheduler):
-    """DDIM with timesteps consistent with ``step``'s stride T // k; k must divide T."""
-
-    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
-        if not 0 < num_inference_steps <= self.num_train_timesteps or self.num_train_timesteps % num_inference_steps:
-            raise ValueError(f"DDIM steps {num_inference_steps} must divide T = {self.num_train_timesteps}")
-        self.num_inference_steps = num_inference_steps
-        stride = self.num_train_timesteps // num_inference_steps
-        self.timesteps = self.num_train_timesteps - 1 - torch.arange(num_inference_steps, device=device) * stride
 
 
 def training_scheduler(timesteps: int) -> DDPMScheduler:
@@ -57,6 +49,9 @@ def sampling_scheduler(budget: Budget, timesteps: int) -> DDPMScheduler | DDIMSc
 def sample(denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], noise: torch.Tensor, budget: Budget,
            timesteps: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Run the reverse chain from ``noise``; ``denoise(x_t, t)`` returns ε̂. Returns the final sample."""
+    if budget.sampler in ODE_SAMPLERS:
+        return ode_sample(denoise, noise, budget.sampler, budget.steps, training_scheduler(timesteps).betas,
+                          clip_x0=True)
     scheduler = sampling_scheduler(budget, timesteps)
     x = noise
     for t in scheduler.timesteps.tolist():

@@ -136,20 +136,25 @@ class MedSegDiffMethod(MethodPlugin):
         member_probs = self.decode_sample(x).view(e, b, c, h, w)
         if self.hparams["final_output"] == "official_v1_mix":
             member_probs = official_v1_mix(member_probs, cond.cal_logits.sigmoid())
+        probs, mask = self.fuse(member_probs)
+        if self.task.exclusive and c > 1:
+            members = torch.stack([threshold_probs(p, True) for p in member_probs])
+        else:
+            members = member_probs > 0.5
+        return Prediction(probs=probs, mask=mask, nfe=budget.nfe, members=members,
+                          extra_calls={"condition": 1}, member_probs=member_probs)
+
+    def fuse(self, member_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``ensemble_fusion`` of (E, B, C, H, W) member probabilities; argmax with background if exclusive."""
         how = self.hparams["ensemble_fusion"]
         if how == "official_sq":  # official `staple()`: mean_i(s_i · m) with m the member mean = m²
             probs = member_probs.mean(0) ** 2
             mask = probs > 0.5
         else:
             probs, mask = fuse(member_probs, how)
-        exclusive = self.task.exclusive and c > 1
-        if exclusive:
+        if self.task.exclusive and member_probs.shape[2] > 1:
             mask = threshold_probs(probs, True)
-            members = torch.stack([threshold_probs(p, True) for p in member_probs])
-        else:
-            members = member_probs > 0.5
-        return Prediction(probs=probs.clamp(0, 1), mask=mask, nfe=budget.nfe, members=members,
-                          extra_calls={"condition": 1})
+        return probs.clamp(0, 1), mask
 
 
 def official_v1_mix(sample: torch.Tensor, cal: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The mask autoencoder (MONAI ``AutoencoderKL``): build, mask codec, stage-1 loss, local checkpoint.
+"""The mask autoencoder (MONAI ``AutoencoderKL``): build, mask codec, stage-1 loss (weights files: ae_weights.py).
 
 Masks are binary images replicated to 3 channels in {-1, +1} (SDSeg feeds them to an RGB KL-f8
 autoencoder); a decoded mask becomes a probability by (x + 1) / 2, clamp, channel mean.
@@ -6,7 +6,6 @@ autoencoder); a decoded mask becomes a probability by (x + 1) / 2, clamp, channe
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,26 +45,3 @@ def ae_loss(ae: torch.nn.Module, x: torch.Tensor, kl_weight: float) -> tuple[tor
     kl = 0.5 * (mu.pow(2) + sigma.pow(2) - torch.log(sigma.pow(2) + 1e-8) - 1).sum((1, 2, 3)).mean()
     loss = rec + kl_weight * kl
     return loss, {"ae/loss": loss.item(), "ae/l1": rec.item(), "ae/kl": kl.item()}
-
-
-def load_autoencoder_weights(ae: AutoencoderKL, path: str | Path) -> None:
-    """Load a local MONAI-format AutoencoderKL state dict (bare, under ``state_dict``, or a segarena
-    checkpoint's ``modules.ae``); clear errors when the file is missing or does not fit ``ae``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"sdseg: autoencoder checkpoint {path} does not exist (hparam ae_checkpoint)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("modules", "ae", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"sdseg: {path} is not a state dict of tensors")
-    own = ae.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        raise ValueError(
-            f"sdseg: {path} does not match the profile's AutoencoderKL (MONAI layout expected; diffusers/"
-            f"CompVis keys need converting first): {len(missing)} missing e.g. {missing[:3]}, "
-            f"{len(unexpected)} unexpected e.g. {unexpected[:3]}, {len(wrong)} with other shapes e.g. {wrong[:3]}")
-    ae.load_state_dict(state)

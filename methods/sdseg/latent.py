@@ -2,7 +2,10 @@
 
 The denoiser input is [z_t, c] (noisy latent first, then the condition latent), as in SDSeg's
 ``conditioning_key: concat``. Single-step inference runs one ε prediction at t = T - 1 from pure
-noise and keeps the estimated clean latent; DDIM is the optional multi-step sampler.
+noise and keeps the estimated clean latent. Multi-step samplers (``SAMPLERS``): ``ddim`` (η = 0,
+deterministic), ``ancestral`` (DDIM with η = 1, the official code's multi-step sampler), both on
+the shared strided DDIM grid, and diffusers' ``dpmpp2m`` / ``unipc`` ODE solvers on the same betas.
+No clipping anywhere: latents are not bounded to [-1, 1].
 """
 
 from __future__ import annotations
@@ -12,9 +15,14 @@ from typing import Any
 
 import torch
 from monai.networks.nets import DiffusionModelUNet
-from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+from monai.networks.schedulers import DDPMScheduler
+
+from segarena.methods.common.ddim import StridedDDIMScheduler, ddim_sample
+from segarena.methods.common.ode_samplers import ODE_SAMPLERS, ode_sample
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (z_t, t) → ε̂, condition bound in
+DDIM_ETA = {"ddim": 0.0, "ancestral": 1.0}
+SAMPLERS = ("direct", *DDIM_ETA, *ODE_SAMPLERS)
 
 
 def build_denoiser(hp: dict[str, Any], latent_channels: int, num_classes: int) -> DiffusionModelUNet:
@@ -56,13 +64,13 @@ def sample_direct(denoise: Denoise, z_T: torch.Tensor, alphas_cumprod: torch.Ten
     return estimate_clean_latent(alphas_cumprod, z_T, denoise(z_T, t), t)
 
 
-def sample_ddim(denoise: Denoise, z_T: torch.Tensor, hp: dict[str, Any], steps: int,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-    """Deterministic DDIM (η = 0) with the training schedule: ``steps`` denoiser passes."""
-    scheduler = DDIMScheduler(**schedule_args(hp))
-    scheduler.set_timesteps(steps, device=z_T.device)
-    z = z_T
-    for t in scheduler.timesteps:
-        eps = denoise(z, torch.full((z.shape[0],), int(t), device=z.device, dtype=torch.long))
-        z, _ = scheduler.step(eps, int(t), z, eta=0.0, generator=generator)
-    return z
+def sample_multistep(denoise: Denoise, z_T: torch.Tensor, hp: dict[str, Any], sampler: str, steps: int,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """``steps`` denoiser passes with one of the multi-step samplers; ``generator`` (on ``z_T``'s
+    device) draws the ancestral noise."""
+    if sampler in DDIM_ETA:
+        scheduler = StridedDDIMScheduler(**schedule_args(hp))
+        return ddim_sample(denoise, z_T, scheduler, steps, eta=DDIM_ETA[sampler], generator=generator)
+    if sampler in ODE_SAMPLERS:
+        return ode_sample(denoise, z_T, sampler, steps, build_scheduler(hp).betas, clip_x0=False)
+    raise ValueError(f"sdseg: unknown sampler {sampler!r} {SAMPLERS}")

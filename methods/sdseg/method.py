@@ -1,7 +1,7 @@
 """SDSeg plugin: latent diffusion on masks with a single-step reverse process (Lin et al., MICCAI 2024).
 
 Two stages inside one run, counted by ``training_step``: (1) the mask autoencoder trains for
-``ae_steps`` steps (skipped when ``ae_checkpoint`` gives local weights), then is frozen; (2) at
+``ae_steps`` steps (skipped when ``ae_weights`` gives local pretrained weights), then is frozen; (2) at
 the first diffusion step the condition encoder is initialised from the autoencoder's encoder and
 the latent scale factor is measured (1/std of the batch's mask latents); both stage and scale
 factor are checkpointed through ``extra_state``. Multi-class tasks use one class-conditioned
@@ -17,20 +17,16 @@ import torch.nn.functional as F
 
 from segarena.methods.common.ema import ParamEMA
 from segarena.methods.common.ensemble import fuse
-from segarena.methods.sdseg.autoencoder import (
-    ae_loss,
-    ae_output_to_probs,
-    build_autoencoder,
-    load_autoencoder_weights,
-    masks_to_ae_input,
-)
+from segarena.methods.sdseg.ae_weights import load_ae_weights
+from segarena.methods.sdseg.autoencoder import ae_loss, ae_output_to_probs, build_autoencoder, masks_to_ae_input
 from segarena.methods.sdseg.condition import ConditionEncoder
 from segarena.methods.sdseg.latent import (
+    SAMPLERS,
     build_denoiser,
     build_scheduler,
     estimate_clean_latent,
-    sample_ddim,
     sample_direct,
+    sample_multistep,
 )
 from segarena.methods.sdseg.profiles import BUDGETS, PROFILES, SEARCH_SPACE
 from segarena.platform.plugin import Budget, MethodPlugin, Prediction, Task, threshold_probs, unwrap
@@ -49,7 +45,9 @@ class SDSegMethod(MethodPlugin):
     def __init__(self, hparams: dict[str, Any], task: Task) -> None:
         super().__init__(hparams, task)
         hp = self.hparams
-        self.ae = build_autoencoder(hp)
+        loaded = load_ae_weights(hp["ae_weights"], hp) if hp.get("ae_weights") else None
+        self.ae = loaded.ae if loaded else build_autoencoder(hp)
+        self.ae_source = {"layout": loaded.layout, "sha256": loaded.sha256} if loaded else None
         self.cond = ConditionEncoder(self.ae.encoder, task.in_channels, hp["latent_channels"], hp["cond_dropout"])
         self.unet = build_denoiser(hp, hp["latent_channels"], task.num_classes)
         self.scheduler = build_scheduler(hp)
@@ -65,8 +63,7 @@ class SDSegMethod(MethodPlugin):
         self.diffusion_start = 0  # step at which stage 2 began (warm-up counts from it)
         self.scale_factor = 1.0  # identity until measured, so predict works at any stage
         self.scale_measured = False
-        if hp.get("ae_checkpoint"):
-            load_autoencoder_weights(self.ae, hp["ae_checkpoint"])
+        if loaded:  # the paper's premise: frozen pretrained AE, condition encoder initialised from its encoder
             self._freeze_autoencoder()
 
     @classmethod
@@ -80,6 +77,14 @@ class SDSegMethod(MethodPlugin):
     @classmethod
     def budgets(cls, profile: str) -> list[Budget]:
         return list(BUDGETS.get(profile, BUDGETS["tiny"]))
+
+    def card_tags(self) -> dict[str, str]:
+        """Rows trained without pretrained parts say so (the paper's AE is a pretrained KL-f8, its UNet
+        starts from LSUN-Churches: neither is here unless ``ae_weights`` is given)."""
+        if self.ae_source is None:
+            return {"pretrained": "none"}
+        return {"pretrained": "autoencoder", "ae_weights_layout": self.ae_source["layout"],
+                "ae_weights_sha256": self.ae_source["sha256"], "unet_init": "scratch"}
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"ae": self.ae, "cond": self.cond, "unet": self.unet}
@@ -162,7 +167,7 @@ class SDSegMethod(MethodPlugin):
         loss.backward()
         self.opt.step()
         if self.ema.enabled:
-            self.ema.update({"unet": unwrap(self.unet), "cond": unwrap(self.cond)})
+            self.ema.update({"unet": unwrap(self.unet)})  # official LitEma: the UNet only, not the encoder
         return {"loss": loss.item(), "loss_eps": loss_eps.item(), "loss_z0": loss_z0.item(),
                 "lr": self.opt.param_groups[0]["lr"], "scale_factor": self.scale_factor}
 
@@ -176,7 +181,7 @@ class SDSegMethod(MethodPlugin):
     def predict(self, images: torch.Tensor, budget: Budget, generator: torch.Generator | None = None) -> Prediction:
         e, (b, c) = budget.ensemble, (images.shape[0], self.task.num_classes)
         unet = self.ema.model("unet", unwrap(self.unet))
-        cimg = self.ema.model("cond", unwrap(self.cond))(images)
+        cimg = unwrap(self.cond)(images)
         n = e * b * c  # rows ordered (member, image, class): one batch for the whole ensemble
         condition = cimg[None, :, None].expand(e, -1, c, -1, -1, -1).reshape(n, *cimg.shape[1:])
         labels = torch.arange(c, device=images.device).repeat(e * b) if c > 1 else None
@@ -186,26 +191,32 @@ class SDSegMethod(MethodPlugin):
             kwargs = {"class_labels": labels}
             return unet(x, t, **kwargs)
 
+        if budget.sampler not in SAMPLERS:
+            raise ValueError(f"sdseg: unknown sampler {budget.sampler!r} {SAMPLERS}")
         gen_device = generator.device if generator is not None else images.device
         z_T = torch.randn((n, *cimg.shape[1:]), generator=generator, device=gen_device).to(images.device)
         if budget.sampler == "direct":
             if budget.steps != 1:
                 raise ValueError(f"sdseg: the direct sampler takes exactly one step, not {budget.steps}")
             z0 = sample_direct(denoise, z_T, self.scheduler.alphas_cumprod)
-        elif budget.sampler == "ddim":
-            z0 = sample_ddim(denoise, z_T, self.hparams, budget.steps, generator)
         else:
-            raise ValueError(f"sdseg: unknown sampler {budget.sampler!r} (direct, ddim)")
+            z0 = sample_multistep(denoise, z_T, self.hparams, budget.sampler, budget.steps,
+                                  _on_device(generator, images.device))
         decoded = unwrap(self.ae).decode_stage_2_outputs(z0 / self.scale_factor)
         member_probs = ae_output_to_probs(decoded).view(e, b, c, *images.shape[-2:])
-        probs, mask = fuse(member_probs, self.hparams["fusion"])
+        probs, mask = self.fuse(member_probs)
         exclusive = self.task.exclusive and c > 1
-        if exclusive:
-            mask = threshold_probs(probs, True)
         members = threshold_probs(member_probs.flatten(0, 1), True).view_as(member_probs) if exclusive \
             else member_probs > 0.5
         return Prediction(probs=probs, mask=mask, nfe=budget.nfe * c, members=members,
-                          extra_calls={"decoder": e * c, "condition_encoder": 1})
+                          extra_calls={"decoder": e * c, "condition_encoder": 1}, member_probs=member_probs)
+
+    def fuse(self, member_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``fusion`` of (E, B, C, H, W) member probabilities; argmax with background if exclusive."""
+        probs, mask = fuse(member_probs, self.hparams["fusion"])
+        if self.task.exclusive and member_probs.shape[2] > 1:
+            mask = threshold_probs(probs, True)
+        return probs, mask
 
 
 def _pick_classes(mask: torch.Tensor) -> torch.Tensor:
@@ -221,3 +232,11 @@ def _random_flips(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor
         if torch.rand(()) < 0.5:
             image, mask = image.flip(dim), mask.flip(dim)
     return image, mask
+
+
+def _on_device(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
+    """A generator on ``device`` for the ancestral noise, seeded from ``generator`` (deterministic)."""
+    if generator is None or generator.device == device:
+        return generator
+    seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
+    return torch.Generator(device=device).manual_seed(seed)

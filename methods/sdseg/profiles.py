@@ -16,7 +16,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "image_size": [64, 64], "batch_size": 4,
         # mask autoencoder, f = 4: 64 px → 4x16x16
         "ae_channels": [16, 32, 32], "ae_res_blocks": 1, "ae_attention": False, "ae_norm_groups": 8,
-        "latent_channels": 4, "ae_steps": 80, "ae_lr": 1e-3, "ae_kl_weight": 1e-6, "ae_checkpoint": None,
+        "latent_channels": 4, "ae_steps": 80, "ae_lr": 1e-3, "ae_kl_weight": 1e-6, "ae_weights": None,
         # latent denoiser
         "unet_channels": [32, 64], "unet_res_blocks": 1, "unet_attention": [False, True], "unet_head_channels": 16,
         "unet_norm_groups": 8, "unet_resblock_updown": False,
@@ -29,7 +29,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "image_size": [256, 256], "batch_size": 4,
         # LDM KL-f8 layout: 256 px → 4x32x32 (trained on masks here: no hub download)
         "ae_channels": [128, 256, 512, 512], "ae_res_blocks": 2, "ae_attention": True, "ae_norm_groups": 32,
-        "latent_channels": 4, "ae_steps": 20000, "ae_lr": 1e-4, "ae_kl_weight": 1e-6, "ae_checkpoint": None,
+        "latent_channels": 4, "ae_steps": 20000, "ae_lr": 1e-4, "ae_kl_weight": 1e-6, "ae_weights": None,
         # LDM LSUN-Churches UNet: 192 x [1,2,2,4,4], attention at 32/16/8/4, 8 heads per level
         "unet_channels": [192, 384, 384, 768, 768], "unet_res_blocks": 2,
         "unet_attention": [True, True, True, True, False], "unet_head_channels": [24, 48, 48, 96, 96],

@@ -39,6 +39,7 @@ class TransUNetMethod(SupervisedTrainer, MethodPlugin):
     version: ClassVar[str] = "0.1.0"
     paper: ClassVar[str] = ("Chen, Lu, Yu, Luo, Adeli, Wang, Lu, Yuille, Zhou. TransUNet: Transformers Make Strong "
                             "Encoders for Medical Image Segmentation. arXiv:2102.04306, 2021")
+    paper_augment: ClassVar[str] = "default"  # official: random rot90 + flip, or rotation ±20° (no intensity jitter)
     PROFILES = PROFILES
 
     def __init__(self, hparams: dict[str, Any], task: Task) -> None:

@@ -29,6 +29,7 @@ class UNetMethod(SupervisedTrainer, MethodPlugin):
     version: ClassVar[str] = "0.1.0"
     paper: ClassVar[str] = ("Ronneberger, Fischer, Brox. U-Net: Convolutional Networks for Biomedical "
                             "Image Segmentation. MICCAI 2015")
+    paper_augment: ClassVar[str] = "default"  # trained like TransUNet (rot90/flip/rotation)
     PROFILES = PROFILES
 
     def __init__(self, hparams: dict[str, Any], task: Task) -> None:

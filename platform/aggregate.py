@@ -1,0 +1,18 @@
+"""Dataset scores from per-case rows (docs/contracts.md, "Metrics"): the one rule the worker, the
+leaderboard and the report share. Torch-free, so reading the store never loads torch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+
+def aggregate(rows: Any) -> dict[str, float]:
+    """Case score = mean over classes, dataset score = mean over cases."""
+    df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+    per_case = df.groupby("case_id")[["dice", "iou", "hd95"]].mean()
+    out = {k: float(per_case[k].mean()) for k in ("dice", "iou", "hd95")}
+    out.update({f"{k}_median": float(per_case[k].median()) for k in ("dice", "hd95")})
+    out["n_cases"] = float(len(per_case))
+    return out

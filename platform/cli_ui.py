@@ -1,0 +1,133 @@
+"""``segarena ui``: the MLflow UI on a work dir's store, on this machine only (127.0.0.1).
+
+The work dir's store is ``<workdir>/mlflow.db`` with artifacts under ``<workdir>/artifacts`` as
+served artifacts (``mlflow-artifacts:/...``), so the UI is an ``mlflow server`` that serves them.
+It runs in its own process group: Ctrl-C stops the server and every worker it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+HOST = "127.0.0.1"
+DEFAULT_PORT = 5000
+READY_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 15.0
+
+EXAMPLES = """examples:
+  segarena ui                                   # ./segarena-runs at http://127.0.0.1:5000
+  segarena ui --workdir /scratch/runs --port 5001"""
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("ui", help="browse a work dir's runs, metrics and artifacts in the MLflow UI",
+                       description="Start the MLflow UI on a work dir's store, bound to 127.0.0.1, and print its "
+                                   "URL; Ctrl-C stops it.",
+                       epilog=EXAMPLES)
+    p.add_argument("--workdir", default="segarena-runs", help="runs folder (default ./segarena-runs)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port on 127.0.0.1 (default {DEFAULT_PORT})")
+    p.set_defaults(func=cmd_ui)
+
+
+def server_command(workdir: Path, port: int) -> list[str]:
+    """The ``mlflow server`` command line for a work dir (one worker: a UI for one person)."""
+    from segarena.platform.workdir import WorkDir
+
+    wd = WorkDir.at(workdir)
+    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", wd.tracking_uri,
+            "--serve-artifacts", "--artifacts-destination", str(wd.artifacts),
+            "--host", HOST, "--port", str(port), "--workers", "1"]
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = READY_TIMEOUT_S) -> bool:
+    """Poll ``/health`` until it answers OK, the server dies, or the timeout passes."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def stop(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM the server's whole process group, SIGKILL what is left after ``timeout``."""
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+        try:  # the leader is gone; workers it forked may still be exiting
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from segarena.platform.errors import SegarenaError
+    from segarena.platform.workdir import WorkDir
+
+    wd = WorkDir.at(args.workdir)
+    if not wd.exists():
+        raise SegarenaError(f"no tracking store at {wd.db}: run a suite first (or give --workdir)")
+    if not 0 < args.port < 65536:
+        raise SegarenaError(f"--port {args.port} is not a TCP port")
+    if not port_free(args.port):
+        raise SegarenaError(f"port {args.port} on {HOST} is in use: pick another with --port")
+    url = f"http://{HOST}:{args.port}"
+    print(f"starting the MLflow UI on {wd.db} ...", flush=True)
+    proc = subprocess.Popen(server_command(wd.root, args.port), start_new_session=True,
+                            stdout=subprocess.DEVNULL if not args.verbose else None,
+                            stderr=None if args.verbose else subprocess.PIPE)
+    try:
+        if not wait_ready(url, proc):
+            err = proc.stderr.read().decode(errors="replace").strip().splitlines() if proc.stderr else []
+            raise SegarenaError(f"the MLflow server did not start on {url}"
+                                + (f": {err[-1]}" if err else " (run with -v to see its log)"))
+        if proc.stderr is not None:  # drain its log so a chatty server never blocks on a full pipe
+            import threading
+
+            threading.Thread(target=proc.stderr.read, daemon=True).start()
+        print(f"MLflow UI: {url}   (store {wd.root}; Ctrl-C stops it)", flush=True)
+        code = proc.wait()
+        return 0 if code in (0, -signal.SIGTERM) else 1
+    except KeyboardInterrupt:
+        print("\nstopping the MLflow UI", flush=True)
+        return 0
+    finally:
+        stop(proc)

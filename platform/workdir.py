@@ -1,0 +1,100 @@
+"""The work dir: the one object that knows where a run's files live (docs/contracts.md, "Work dir").
+
+Everything segarena writes on a machine goes under one root, by default ``./segarena-runs``::
+
+    mlflow.db     embedded MLflow store (SQLite), used when no --tracking-uri is given
+    artifacts/    MLflow artifacts of the embedded store, laid out as a served store would
+                  (``mlflow-artifacts:/<suite>/<run>/artifacts/...``), so a copied work dir keeps working
+    cache/        preprocessed datasets (shared by every cell; safe to delete)
+    ray/          Ray Tune / Train storage; ray/cells/<key>/ the checkpoint of a running one-worker cell
+    models/       weights downloaded from the store for evaluation on this machine
+    locks/        one lock file per suite: one driver per suite and work dir
+
+No other module builds these paths. Importing this module stays cheap (no torch, no mlflow).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from segarena.platform.errors import SegarenaError
+
+DEFAULT_WORKDIR = "segarena-runs"
+ARTIFACT_SCHEME = "mlflow-artifacts:"
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class WorkDir:
+    root: Path
+
+    @classmethod
+    def at(cls, path: str | Path = DEFAULT_WORKDIR) -> WorkDir:
+        return cls(Path(path).expanduser().resolve())
+
+    @property
+    def db(self) -> Path:
+        return self.root / "mlflow.db"
+
+    @property
+    def tracking_uri(self) -> str:
+        """The embedded store's URI (SQLite, absolute: MLflow resolves relative paths against the cwd)."""
+        return f"sqlite:///{self.db}"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def ray_storage(self) -> Path:
+        return self.root / "ray"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    def lock(self, suite: str) -> Path:
+        return self.inside(self.root / "locks", f"{suite}.lock")
+
+    def artifact_path(self, uri: str) -> Path:
+        """The local file behind an ``mlflow-artifacts:/…`` URI of the embedded store."""
+        if not uri.startswith(ARTIFACT_SCHEME):
+            raise SegarenaError(f"artifact URI {uri!r} is not a work-dir artifact ({ARTIFACT_SCHEME}/...)")
+        rel = uri[len(ARTIFACT_SCHEME):].lstrip("/")
+        return self.inside(self.artifacts, rel)
+
+    def cell_checkpoint(self, cell_key: str) -> Path:
+        """The latest checkpoint of a one-worker cell while it trains (deleted once it is recorded)."""
+        return self.inside(self.ray_storage / "cells", cell_key)
+
+    def clear_cell_checkpoint(self, cell_key: str) -> None:
+        import shutil
+
+        shutil.rmtree(self.cell_checkpoint(cell_key), ignore_errors=True)
+
+    def model_dir(self, run_id: str) -> Path:
+        return self.inside(self.models, run_id)
+
+    @staticmethod
+    def inside(base: Path, *parts: str) -> Path:
+        """``base/parts`` after checking it stays inside ``base`` (names come from plugins and suites)."""
+        path = base.joinpath(*parts).resolve()
+        if path != base.resolve() and base.resolve() not in path.parents:
+            raise SegarenaError(f"path {'/'.join(parts)!r} would leave {base}")
+        return path
+
+    def exists(self) -> bool:
+        return self.db.exists()
+
+
+def experiment_location(suite: str) -> str:
+    """Where a suite's artifacts go: relative to the artifact root of the store (portable)."""
+    if not _SAFE_NAME.match(suite):
+        raise SegarenaError(f"suite name {suite!r} is not a safe folder name")
+    return f"{ARTIFACT_SCHEME}/{suite}"

@@ -1,0 +1,117 @@
+"""Train once, evaluate many: a new budget or new evaluation settings evaluate the stored weights of
+a finished training and train nothing (real Ray, real SQLite MLflow store)."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from segarena.platform.leaderboard import leaderboard
+from segarena.platform.runner import run_suite
+from segarena.platform.tracking import KIND_EVAL, KIND_TRAIN, Tracker
+from segarena.platform.workdir import WorkDir
+
+TRACED = '''
+import torch
+from segarena.platform.plugin import Budget, MethodPlugin, Prediction
+
+
+class TracedMethod(MethodPlugin):
+    """Appends one line per training step to the file named by its `trace` hparam."""
+    name = "traced"
+    version = "0.0.1"
+    denoiser = "net"
+
+    def __init__(self, hparams, task):
+        super().__init__(hparams, task)
+        self.net = torch.nn.Conv2d(task.in_channels, task.num_classes, 3, padding=1)
+        self.opt = torch.optim.SGD(self.net.parameters(), lr=0.1)
+
+    @classmethod
+    def profiles(cls):
+        return {"tiny": {"batch_size": 4, "trace": ""}, "paper": {"batch_size": 4, "trace": ""}}
+
+    def modules(self):
+        return {"net": self.net}
+
+    def optimizers(self):
+        return {"opt": self.opt}
+
+    def training_step(self, batch):
+        with open(self.hparams["trace"], "a") as f:
+            f.write("step\\n")
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(self.net(batch["image"]), batch["mask"])
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        return {"loss": loss.item()}
+
+    def predict(self, images, budget, generator=None):
+        noise = torch.rand(images.shape[0], 1, 1, 1, generator=generator) * 0.01
+        probs = (self.net(images) + noise).sigmoid()
+        return Prediction(probs=probs, mask=probs > 0.5, nfe=budget.nfe)
+'''
+
+SUITE = """
+name: once
+methods:
+  - name: traced
+    hparams: {{trace: {trace}}}
+    budgets: {budgets}
+datasets:
+  - name: synthetic
+    params: {{size: 32, n_cases: 12}}
+seeds: [0]
+epochs: 2
+steps_per_epoch: 3
+evaluation: {{timing_repeats: {repeats}, timing_warmup: 1, throughput_batch: 2, val_cases: 2}}
+"""
+
+
+@pytest.mark.ray
+def test_new_budget_and_new_evaluation_settings_train_nothing(ray_session, tmp_path):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "traced.py").write_text(textwrap.dedent(TRACED))
+    trace = tmp_path / "trace.txt"
+    suite = tmp_path / "once.yaml"
+    wd = WorkDir.at(tmp_path / "runs")
+    tracker = Tracker(wd.tracking_uri, wd)
+    one = "[{ensemble: 1}]"
+    two = "[{ensemble: 1}, {ensemble: 2}]"
+
+    def run(budgets: str, repeats: int, lines: list[str]):
+        suite.write_text(SUITE.format(trace=trace, budgets=budgets, repeats=repeats))
+        return run_suite(suite, wd.root, plugin_dirs=[str(plugins)], echo=lines.append)
+
+    first = run(one, 2, [])
+    assert (first.trained, first.evaluated, first.failures) == (1, 0, [])
+    steps = trace.read_text().count("step")
+    assert steps == 6
+    exp = first.experiment_id
+    (train,) = tracker.runs([exp], KIND_TRAIN)
+    history = [(m.step, m.value) for m in tracker.client.get_metric_history(train.info.run_id, "train/loss")]
+
+    lines: list[str] = []
+    second = run(two, 2, lines)
+    assert (second.trained, second.evaluated, second.skipped, second.failures) == (0, 1, 0, [])
+    assert any("evaluate from checkpoint (direct-e2)" in ln for ln in lines), lines
+    assert trace.read_text().count("step") == steps  # not one training step
+    (train_again,) = tracker.runs([exp], KIND_TRAIN)  # no new training run
+    assert train_again.info.run_id == train.info.run_id
+    assert [(m.step, m.value) for m in tracker.client.get_metric_history(train.info.run_id, "train/loss")] == history
+    evals = tracker.runs([exp], KIND_EVAL)
+    assert sorted(r.data.tags["segarena.budget"] for r in evals) == ["direct-e1", "direct-e2"]
+    assert all(r.data.tags["segarena.parent"] == train.info.run_id for r in evals)
+    board, _ = leaderboard(tracker, "once")
+    assert sorted(board["budget"]) == ["direct-e1", "direct-e2"]
+
+    third = run(two, 3, [])  # new evaluation settings: every budget again from the stored weights
+    assert (third.trained, third.evaluated) == (0, 1)
+    assert trace.read_text().count("step") == steps
+    assert len(tracker.runs([exp], KIND_EVAL)) == 4
+    assert len(leaderboard(tracker, "once")[0]) == 2  # the newest evaluation of each budget counts
+
+    fourth = run(two, 3, [])
+    assert (fourth.skipped, fourth.ran) == (1, 0)
