@@ -12,7 +12,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 
-CURVE_COLUMNS = ["dataset", "method", "variant", "seed", "train_run", "key", "step", "value"]
+CURVE_COLUMNS = ["dataset", "method", "variant", "seed", "train_run", "key", "step", "value", "headline"]
+HEADLINE_TAG = "segarena.headline_loss"  # the plugin's headline loss key, when the harness tags it
 CELL_COLUMNS = ["dataset", "method", "variant", "profile", "seed", "train_run", "hparams"]
 PARENT_TAG = "segarena.parent"
 
@@ -66,10 +67,11 @@ def load_curves_and_cells(tracker: Any, seeds: pd.DataFrame) -> tuple[pd.DataFra
         run = tracker.client.get_run(cell.train_run)
         hp = {k.removeprefix("hparams."): v for k, v in sorted(run.data.params.items()) if k.startswith("hparams.")}
         cells.append({**cell._asdict(), "hparams": ", ".join(f"{k}={v}" for k, v in hp.items())})
+        headline = run.data.tags.get(HEADLINE_TAG, "")
         for key in sorted(k for k in run.data.metrics if k.startswith(("train/", "val/"))):
             for m in tracker.client.get_metric_history(cell.train_run, key):
                 curves.append({**{c: getattr(cell, c) for c in CURVE_COLUMNS[:5]}, "key": key, "step": int(m.step),
-                               "value": float(m.value)})
+                               "value": float(m.value), "headline": headline})
     return pd.DataFrame(curves, columns=CURVE_COLUMNS), pd.DataFrame(cells, columns=CELL_COLUMNS)
 
 

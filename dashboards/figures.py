@@ -45,7 +45,7 @@ def _rgba(hex_color: str, alpha: float) -> str:
 
 
 def _layout(fig: go.Figure, title: str, **kw: object) -> go.Figure:
-    fig.update_layout(**LAYOUT, title={"text": title, "x": 0.01, "font": {"size": 14}}, **kw)
+    fig.update_layout(**{**LAYOUT, **kw}, title={"text": title, "x": 0.01, "font": {"size": 14}})
     return fig
 
 
@@ -97,7 +97,8 @@ def pareto(part: pd.DataFrame, colors: dict[str, str]) -> go.Figure:
                                  line={"shape": "hv", "dash": "dot", "color": "#333", "width": 1.5},
                                  hoverinfo="skip"))
     return _layout(fig, "Dice vs latency (Pareto front dotted; bars: 95% CI)",
-                   xaxis={"type": "log", "title": "latency at batch 1 (ms, log)"}, yaxis={"title": "Dice"})
+                   xaxis={"type": "log", "title": "latency at batch 1 (ms, log)", "dtick": "D2"},
+                   yaxis={"title": "Dice"})
 
 
 def dice_vs_nfe(part: pd.DataFrame, colors: dict[str, str]) -> go.Figure:
@@ -176,7 +177,7 @@ def rank_blob(ds: DatasetStats, colors: dict[str, str], series: Sequence[str]) -
     tau = cols["kendall_tau"].dropna()
     sub = f" · Kendall's τ vs the full ranking: mean {tau.iloc[0]:.3f}" if len(tau) else ""
     return _layout(fig, f"Rank stability over {ds.config.n_resamples} bootstrap samples{sub}",
-                   yaxis={"title": "rank", "autorange": "reversed", "dtick": 1, "range": [k + 0.5, 0.5]},
+                   yaxis={"title": "rank", "dtick": 1, "range": [k + 0.5, 0.5]},  # rank 1 on top
                    xaxis={"tickangle": -30}, legend={"orientation": "h", "y": -0.35})
 
 
@@ -197,13 +198,19 @@ def significance(ds: DatasetStats) -> go.Figure:
                                colorbar={"tickvals": [-0.67, 0, 0.67], "ticktext": ["worse", "n.s.", "better"],
                                          "len": 0.6},
                                hovertemplate="%{y} vs %{x}: Holm p = %{text}<extra></extra>"))
+    if len(labels) < 2:
+        fig.add_annotation(text="one row: nothing to compare", showarrow=False, xref="paper", yref="paper",
+                           x=0.5, y=0.5)
     return _layout(fig, f"Pairwise significance (row vs column, α = {ds.config.alpha:g})",
                    yaxis={"autorange": "reversed"}, xaxis={"tickangle": -30})
 
 
-def headline_loss(keys: Sequence[str]) -> str | None:
-    """The loss curve to show for a cell: ``train/loss`` when logged, else its first other ``train/`` key."""
+def headline_loss(keys: Sequence[str], headline: str | None = None) -> str | None:
+    """The loss curve to show for a cell: the plugin's headline loss when the store names it, else
+    ``train/loss`` when logged, else its first other ``train/`` key."""
     train = sorted(k for k in keys if k.startswith("train/") and k not in ("train/steps",) and "time" not in k)
+    if headline and f"train/{headline.removeprefix('train/')}" in train:
+        return f"train/{headline.removeprefix('train/')}"
     return "train/loss" if "train/loss" in train else (train[0] if train else None)
 
 
@@ -217,7 +224,8 @@ def training_curves(curves: pd.DataFrame, colors: dict[str, str]) -> go.Figure |
     for (name, seed, _run), cell in curves.groupby(["series", "seed", "train_run"], sort=True):
         color = colors.get(name, "#555")
         dash = ("solid", "dash", "dot", "dashdot")[seed_order[str(seed)] % 4]  # seeds of one method
-        for col, key in ((1, "val/dice"), (2, headline_loss(cell["key"].unique()))):
+        named = str(cell["headline"].iloc[0]) if "headline" in cell and cell["headline"].notna().any() else None
+        for col, key in ((1, "val/dice"), (2, headline_loss(cell["key"].unique(), named))):
             pts = cell[cell["key"] == key].sort_values("step") if key else cell.iloc[:0]
             if pts.empty:
                 continue

@@ -38,7 +38,8 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], cls: str = "boa
         rc = f' class="{esc(row_classes[i])}"' if row_classes else ""
         cells = "".join(f"<td>{v if j in raw_cols else esc(v)}</td>" for j, v in enumerate(row))
         body.append(f"<tr{rc}>{cells}</tr>")
-    return f'<table class="{esc(cls)}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    return (f'<div class="scroll"><table class="{esc(cls)}"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
 
 
 class FigureSlots:
@@ -74,8 +75,8 @@ header p{margin:4px 0 0;color:#c9d0dc;font-size:13px}
 main{padding:8px 28px 40px;max-width:1500px}
 section.dataset{background:#fff;border:1px solid #dde1e7;border-radius:8px;padding:12px 20px;margin:18px 0}
 h2{font-size:19px;margin:10px 0}h3{font-size:15px;margin:18px 0 6px;color:#394150}
-table{border-collapse:collapse;font-size:13px;margin:6px 0}
-th,td{padding:4px 9px;border-bottom:1px solid #e5e8ee;text-align:right;white-space:nowrap}
+.scroll{overflow-x:auto}table{border-collapse:collapse;font-size:12.5px;margin:6px 0}
+th,td{padding:3px 7px;border-bottom:1px solid #e5e8ee;text-align:right;white-space:nowrap}
 th{background:#eef1f5;position:sticky;top:0}td:nth-child(3),td:nth-child(4),th:nth-child(3),th:nth-child(4){text-align:left}
 table.plain td,table.plain th{text-align:left;white-space:normal;max-width:720px}
 tr.grp-1 td{background:#eaf6ec}tr.grp-1 td:first-child{border-left:4px solid #2e9e49}
@@ -94,7 +95,8 @@ def page(title: str, header_lines: Sequence[str], nav: Sequence[tuple[str, str]]
     links = "".join(f'<a href="#{esc(anchor)}">{esc(text)}</a>' for anchor, text in nav)
     lines = "".join(f"<p>{esc(line)}</p>" for line in header_lines)
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style>'
+            '<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">'
+            f"<style>{CSS}</style>"
             f"<script>{get_plotlyjs()}</script></head><body><header><h1>{esc(title)}</h1>{lines}<nav>{links}</nav>"
             f"</header><main>{body}</main>{scripts}</body></html>")
 

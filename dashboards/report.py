@@ -19,7 +19,6 @@ import plotly.graph_objects as go
 from segarena.dashboards import figures as F
 from segarena.dashboards.data import ReportData, load_report_data
 from segarena.dashboards.html import FigureSlots, esc, page, table
-from segarena.platform.board_format import footer
 from segarena.platform.statistics import DEFAULT_STATS, DatasetStats, StatsConfig, board_statistics, mean_ranks
 
 FIGURES_PER_DATASET = ("pareto", "dice_vs_nfe", "per_case_dice", "per_case_hd95", "rank_blob", "significance",
@@ -37,6 +36,14 @@ HOW_TO_READ = (
     "{n} bootstrap samples (the blob plot); a row that ranks first in 55% of samples is not a clear winner. "
     "Latency is the median at batch 1 on the machine that ran the suite; nfe counts denoiser passes per image."
     "</p>")
+
+
+LEGEND = ("Dice, IoU, HD95: mean over test cases of seed-averaged case scores [95% paired case-bootstrap "
+          "percentile interval, {n} resamples]. group: rank group (1 = not significantly worse than the leader; "
+          "two-sided Wilcoxon signed-rank on per-case Dice, Holm, α = {alpha:g}). P(rank 1): share of bootstrap "
+          "samples ranking the row first. rank [95%]: median bootstrap rank and its 95% interval. p vs 1st: "
+          "Holm-adjusted p against the leader. latency: median at batch 1 (ms); nfe: denoiser passes per image; "
+          "cases: test cases per seed; failed: failed seeds.")
 
 
 @dataclass
@@ -98,7 +105,7 @@ def _views(data: ReportData, config: StatsConfig) -> tuple[pd.DataFrame, list[Da
 def leaderboard_table(v: DatasetView) -> str:
     headers = ["rank", "group", "method", "budget", "Dice [95% CI]", "IoU [95% CI]",
                f"HD95 [95% CI] ({v.part['hd95_unit'].iloc[0] if 'hd95_unit' in v.part else ''})", "latency ms",
-               "nfe", "P(rank 1)", "rank median [95%]", "p vs leader (Holm)", "seeds", "cases", "failed"]
+               "nfe", "P(rank 1)", "rank [95%]", "p vs 1st", "seeds", "cases", "failed"]
     rows, classes = [], []
     for i, r in v.part.iterrows():
         g = r.get("rank_group")
@@ -147,7 +154,7 @@ def dataset_section(data: ReportData, v: DatasetView, slots: FigureSlots, anchor
         plots += '<div class="missing">No training curves in the store for these cells.</div>'
     return (f'<section class="dataset" id="{esc(anchor)}"><h2>{esc(v.dataset)}</h2>'
             f'<p class="note">{esc(summary)}</p>{leaderboard_table(v)}'
-            f'<p class="foot">{esc(footer(v.part))}</p>'
+            f'<p class="foot">{esc(LEGEND.format(n=v.stats.config.n_resamples, alpha=v.stats.config.alpha))}</p>'
             f'<div class="grid">{plots}</div><h3>Predictions</h3>{_predictions(data, v)}{_cells_table(v)}</section>')
 
 

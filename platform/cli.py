@@ -50,8 +50,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"\nsuite {summary.suite!r}: {summary.trained} cell(s) trained, {summary.evaluated} evaluated from "
           f"checkpoint, {summary.skipped} skipped as finished, {len(summary.failures)} failed · "
           f"{summary.wall_s:.0f}s wall\n")
-    board, failed = leaderboard(_tracker(args), summary.suite)
+    tracker = _tracker(args)
+    board, failed = leaderboard(tracker, summary.suite)
     print(render(board, failed, "table"))
+    print("\n" + next_steps(Path(args.workdir), summary.suite, None))
     return 1 if summary.failures else 0
 
 
@@ -105,7 +107,7 @@ def cmd_plugins_check(args: argparse.Namespace) -> int:
     print(f"checking {info.kind} plugin {info.name!r} ({info.source})")
 
     def show(r) -> None:
-        print(f"  {'PASS' if r.passed else 'FAIL'}  {r.name}" + (f": {r.detail}" if r.detail else ""), flush=True)
+        print(f"  {r.status}  {r.name}" + (f": {r.detail}" if r.detail else ""), flush=True)
 
     if info.kind == "method":
         results = run_checks(info.cls, on_result=show)
@@ -113,8 +115,9 @@ def cmd_plugins_check(args: argparse.Namespace) -> int:
         from segarena.platform.dataset_conformance import run_dataset_checks
 
         results = run_dataset_checks(info.cls, on_result=show)
-    failed = sum(not r.passed for r in results)
-    print(f"{len(results) - failed} passed, {failed} failed")
+    failed = sum(not r.passed and not r.skipped for r in results)
+    skipped = sum(r.skipped for r in results)
+    print(f"{len(results) - failed - skipped} passed, {failed} failed, {skipped} skipped")
     return 1 if failed else 0
 
 
@@ -167,12 +170,21 @@ inference budgets) as Ray Tune trials, record every cell in MLflow, rank methods
 Start with `segarena run default`; `segarena COMMAND --help` explains a command."""
 
 # Subcommands kept in their own module: each exposes add_parser(sub) and imports nothing heavy at module level.
-SUBCOMMAND_MODULES = ("segarena.platform.cli_datasets", "segarena.platform.cli_ui")
+SUBCOMMAND_MODULES = ("segarena.platform.cli_datasets", "segarena.platform.cli_ui", "segarena.platform.cli_report",
+                      "segarena.platform.cli_evaluate", "segarena.platform.cli_server")
 
 
 def examples(*lines: str) -> str:
     """An epilog: ``examples:`` and one indented command per line (printed as written)."""
     return "examples:\n" + "\n".join(f"  {ln}" for ln in lines)
+
+
+def _fill(text: str) -> str:
+    import shutil
+    import textwrap
+
+    width = min(100, shutil.get_terminal_size((100, 24)).columns) - 2
+    return "\n\n".join(textwrap.fill(" ".join(par.split()), width) for par in text.strip().split("\n\n"))
 
 
 class SegarenaParser(argparse.ArgumentParser):
@@ -181,6 +193,8 @@ class SegarenaParser(argparse.ArgumentParser):
 
     def __init__(self, *args: object, top: bool = False, **kwargs: object) -> None:
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        if isinstance(kwargs.get("description"), str):  # raw formatting keeps lines: wrap paragraphs here
+            kwargs["description"] = _fill(str(kwargs["description"]))
         if not top:
             kwargs.setdefault("conflict_handler", "resolve")  # a subcommand may define its own -v
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
@@ -246,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "segarena leaderboard --format csv --output board.csv"))
     _store_args(p)
     p.add_argument("--suite", default=None, help="one suite (default: every suite in the store)")
-    p.add_argument("--format", default="table", choices=["table", "markdown", "csv", "parquet", "json"])
+    p.add_argument("--format", default="table", choices=["table", "markdown", "latex", "csv", "parquet", "json"])
     p.add_argument("--output", default=None, help="write to a file (required for parquet)")
     p.set_defaults(func=cmd_leaderboard)
 
@@ -301,6 +315,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("segarena: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `segarena plugins list | head`: the reader left; not an error worth a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from segarena.platform.cli_table import wrap_field, wrap_table
+from segarena.platform.cli_table import terminal_width, wrap_field, wrap_table
 
 if TYPE_CHECKING:
     from segarena.platform.dataset import DatasetPlugin
@@ -86,8 +87,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"\nnot usable ({len(broken)}):")
         print(wrap_table(("name", "root", "problem"), broken, flex=(1, 2), indent="  "))
     if missing:
-        print(f"\nnot on this machine ({len(missing)}): download, then set the variable (or a suite's `path:`) "
-              f"to the folder;\n`segarena datasets show NAME` prints the folder tree each one expects")
+        print("\n" + textwrap.fill(f"not on this machine ({len(missing)}): download, then set the variable (or a "
+                                   f"suite's `path:`) to the folder; `segarena datasets show NAME` prints the "
+                                   f"folder tree each one expects", terminal_width()))
         print(wrap_table(("name", "set", "download page"), missing, flex=(2,), indent="  "))
     return 0
 
@@ -148,7 +150,11 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(line)
     try:
         ds = cls(root=args.path, cache_dir=_cache_dir(args), **_params(args.param))
-        print(wrap_field("cache", f"{ds.cache_status()} (before loading)"))
+        status = ds.cache_status()
+        if status.startswith("unavailable"):
+            print(wrap_field("status", status))
+            return 1
+        print(wrap_field("cache", f"{status} (before loading)"))
         cases = ds.cases()
     except DataError as exc:
         print(wrap_field("status", f"unavailable: {exc}"))

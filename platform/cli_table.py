@@ -1,4 +1,5 @@
-"""Plain-text tables that fit the terminal: long cells wrap inside their column, nothing is cut."""
+"""Plain-text tables that fit the terminal: long cells wrap at spaces inside their column, nothing is
+dropped; only a token longer than its whole column (a path, a URL) is split across lines."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import textwrap
 from collections.abc import Sequence
 
 GAP = "  "
-MIN_FLEX = 12
+MIN_FLEX = 8
 
 
 def terminal_width() -> int:
@@ -16,19 +17,18 @@ def terminal_width() -> int:
 
 
 def _widths(rows: Sequence[Sequence[str]], flex: set[int], width: int) -> list[int]:
+    """Natural widths when they fit; else the fixed columns keep theirs, each flexible column but the
+    last gets up to a third of the room left, and the last flexible column (the main text) the rest."""
     natural = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
     total = sum(natural) + len(GAP) * (len(natural) - 1)
     if total <= width or not flex:
         return natural
     fixed = sum(w for k, w in enumerate(natural) if k not in flex) + len(GAP) * (len(natural) - 1)
     avail = max(MIN_FLEX * len(flex), width - fixed)
-    want = sum(natural[k] for k in flex)
-    out = list(natural)
-    for k in sorted(flex):
-        out[k] = min(natural[k], max(MIN_FLEX, avail * natural[k] // want))
-    spare = avail - sum(out[k] for k in flex)  # rounding leftovers go to the last flexible column
-    last = max(flex)
-    out[last] = min(natural[last], out[last] + max(0, spare))
+    out, last = list(natural), max(flex)
+    for k in sorted(flex - {last}):
+        out[k] = min(natural[k], max(MIN_FLEX, avail // 3))
+    out[last] = min(natural[last], max(MIN_FLEX, avail - sum(out[k] for k in flex - {last})))
     return out
 
 

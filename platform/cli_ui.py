@@ -13,9 +13,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -74,28 +76,35 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = READY_TIMEOUT_
     return False
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def stop(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT_S) -> None:
-    """SIGTERM the server's whole process group, SIGKILL what is left after ``timeout``."""
+    """SIGTERM the server's whole process group (it leads one), SIGKILL what is left after ``timeout``."""
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
-            break
-        try:
-            proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            continue
-        try:  # the leader is gone; workers it forked may still be exiting
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            break
+            return
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
+            proc.poll()  # reap the leader: a zombie still counts as a member of the group
+            if not _group_alive(proc.pid):
                 return
             time.sleep(0.1)
+
+
+def _drain(stream: Any, tail: deque[str]) -> None:
+    """Keep the server's last log lines (for an error message) without letting its pipe fill up."""
+    for raw in iter(stream.readline, b""):
+        tail.append(raw.decode(errors="replace").rstrip())
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -112,17 +121,16 @@ def cmd_ui(args: argparse.Namespace) -> int:
     url = f"http://{HOST}:{args.port}"
     print(f"starting the MLflow UI on {wd.db} ...", flush=True)
     proc = subprocess.Popen(server_command(wd.root, args.port), start_new_session=True,
-                            stdout=subprocess.DEVNULL if not args.verbose else None,
+                            stdout=None if args.verbose else subprocess.DEVNULL,
                             stderr=None if args.verbose else subprocess.PIPE)
+    tail: deque[str] = deque(maxlen=20)
+    if proc.stderr is not None:
+        threading.Thread(target=_drain, args=(proc.stderr, tail), daemon=True).start()
     try:
         if not wait_ready(url, proc):
-            err = proc.stderr.read().decode(errors="replace").strip().splitlines() if proc.stderr else []
+            last = next((ln for ln in reversed(tail) if ln.strip()), "")
             raise SegarenaError(f"the MLflow server did not start on {url}"
-                                + (f": {err[-1]}" if err else " (run with -v to see its log)"))
-        if proc.stderr is not None:  # drain its log so a chatty server never blocks on a full pipe
-            import threading
-
-            threading.Thread(target=proc.stderr.read, daemon=True).start()
+                                + (f": {last}" if last else " (run with -v to see its log)"))
         print(f"MLflow UI: {url}   (store {wd.root}; Ctrl-C stops it)", flush=True)
         code = proc.wait()
         return 0 if code in (0, -signal.SIGTERM) else 1

@@ -7,13 +7,15 @@ check is a plain method using ``assert``, so it runs with or without pytest.
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import inspect
 import math
+import os
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 import torch
 
@@ -39,11 +41,64 @@ def synthetic_batch(task: Task, batch: int, seed: int = 0) -> dict[str, torch.Te
     return {"image": image, "mask": masks.float()}
 
 
+HARNESS_KEYS = frozenset({"batch_size"})  # read by the harness's training loop, not by the plugin
+
+
+class _ReadTracker(dict):
+    """A dict that remembers which keys were read (``items()`` reads every key)."""
+
+    keep_identity = True  # MethodPlugin.__init__ keeps it instead of copying, so reads stay visible
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> Any:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        self.read.add(str(key))
+        return super().__contains__(key)
+
+    def items(self) -> Any:
+        self.read.update(super().keys())
+        return super().items()
+
+    # keys()/__iter__ are left alone: overriding them would make every copy (dict(d), d.copy()) "read"
+    # every key; a plugin that copies its hparams is tracked through the copy the check puts back.
+
+
 @dataclass
 class CheckResult:
     name: str
     passed: bool
     detail: str = ""
+    skipped: bool = False  # the check does not apply to this plugin: neither a pass nor a failure
+
+    @property
+    def status(self) -> str:
+        return "SKIP" if self.skipped else ("PASS" if self.passed else "FAIL")
+
+
+class CheckSkipped(Exception):
+    """Raised by a check that does not apply (outside pytest; under pytest it is a pytest skip)."""
+
+
+_outside_pytest = contextvars.ContextVar("outside_pytest", default=False)
+
+
+def skip_check(reason: str) -> NoReturn:
+    """Report the running check as not applicable: a pytest skip, or SKIP in ``segarena plugins check``."""
+    if not _outside_pytest.get() and os.environ.get("PYTEST_CURRENT_TEST"):
+        import pytest
+
+        pytest.skip(reason)
+    raise CheckSkipped(reason)
 
 
 class MethodConformance:
@@ -100,6 +155,20 @@ class MethodConformance:
         assert len({b.name for b in budgets}) == len(budgets), "budget names repeat"
         if not self.method_cls.stochastic:
             assert all(b.ensemble == 1 for b in budgets), "deterministic method with ensembles"
+
+    def test_every_profile_key_is_read(self) -> None:
+        """A profile key nothing reads still changes the training key, so it retrains for nothing and
+        misleads whoever tunes it: every key must be read by construction, training or prediction."""
+        hparams = _ReadTracker(self.method_cls.profiles()[self.profile])
+        torch.manual_seed(0)
+        method = self.method_cls(hparams, self.task)
+        method.train()
+        for step in range(self.train_steps):
+            method.training_step(self.batch(step))
+        for budget in self.budgets():
+            self._predict(method, budget)
+        unread = sorted(set(hparams) - hparams.read - HARNESS_KEYS - set(self.method_cls.conditional_keys))
+        assert not unread, f"profile {self.profile!r} keys never read: {unread}"
 
     def test_training_steps_change_weights(self) -> None:
         method = self.make_method()
@@ -188,17 +257,26 @@ def run_check_class(suite_cls: type, on_result: Callable[[CheckResult], None] | 
     order = [n for klass in reversed(suite_cls.__mro__) for n in vars(klass)]
     suite = suite_cls()
     results = []
-    for name in sorted(check_names(suite_cls), key=order.index):
-        try:
-            getattr(suite, name)()
-            result = CheckResult(name, True)
-        except Exception as exc:  # every failure is reported
-            tb = traceback.extract_tb(exc.__traceback__)[-1]
-            result = CheckResult(name, False, f"{type(exc).__name__}: {exc} ({tb.filename}:{tb.lineno})")
-        results.append(result)
-        if on_result:
-            on_result(result)
+    token = _outside_pytest.set(True)
+    try:
+        for name in sorted(check_names(suite_cls), key=order.index):
+            results.append(_run_one(suite, name))
+            if on_result:
+                on_result(results[-1])
+    finally:
+        _outside_pytest.reset(token)
     return results
+
+
+def _run_one(suite: Any, name: str) -> CheckResult:
+    try:
+        getattr(suite, name)()
+        return CheckResult(name, True)
+    except CheckSkipped as exc:
+        return CheckResult(name, False, str(exc), skipped=True)
+    except Exception as exc:  # every failure is reported
+        tb = traceback.extract_tb(exc.__traceback__)[-1]
+        return CheckResult(name, False, f"{type(exc).__name__}: {exc} ({tb.filename}:{tb.lineno})")
 
 
 def run_checks(method_cls: type[MethodPlugin], on_result: Callable[[CheckResult], None] | None = None,

@@ -57,6 +57,12 @@ def repeat_seed(seed: int, repeat: int) -> int:
     return seed if repeat == 0 else seed + REPEAT_SEED_STRIDE * repeat
 
 
+def batch_seed(seed: int, index: int) -> int:
+    """The generator seed of batch ``index`` of an evaluation pass: every batch starts from its own state,
+    so a batch's members do not depend on how many members earlier batches drew (prefixes stay exact)."""
+    return (seed * 1_000_003 + index) % 2**63
+
+
 def predict_cases(method: MethodPlugin, cases: Sequence[Case], budget: Budget, task: Task, device: torch.device,
                   seed: int, batch_size: int) -> tuple[dict[str, torch.Tensor], dict[str, float], int]:
     """Hard masks per case id, mean pairwise member Dice per case (stochastic methods), reported nfe."""
@@ -174,19 +180,19 @@ def _groups(budgets: Sequence[Budget]) -> list[tuple[Budget, list[Budget]]]:
 
 def _sample(method: MethodPlugin, cases: Sequence[Case], top: Budget, derived: Sequence[Budget], task: Task,
             device: torch.device, seed: int, batch_size: int, sinks: dict[str, _Scorer]) -> tuple[dict[str, int], bool]:
-    """One pass over ``cases`` predicting ``top``; ``derived`` budgets are fused from prefixes of its members.
+    """One pass over ``cases`` predicting ``top`` (batch i sampled from ``batch_seed(seed, i)``); ``derived``
+    budgets are fused from prefixes of its members.
 
     Returns the reported nfe per budget and whether prefix scoring held on every batch (if not, the
     caller discards the derived sinks and samples those budgets on their own).
     """
     method.eval()
-    gen = torch.Generator(device=device).manual_seed(seed)
     nfe: dict[str, int] = {}
     prefix_ok = bool(derived)
     with torch.inference_mode():
-        for batch in _batches(cases, batch_size):
+        for index, batch in enumerate(_batches(cases, batch_size)):
             images = torch.stack([c.image for c in batch]).to(device)
-            out = method.predict(images, top, gen)
+            out = method.predict(images, top, torch.Generator(device=device).manual_seed(batch_seed(seed, index)))
             _check(method, out, top, images, task)
             nfe[top.name] = out.nfe
             sinks[top.name].add(batch, _cpu(out))
@@ -379,6 +385,25 @@ def _time(method: MethodPlugin, cases: Sequence[Case], budget: Budget, device: t
     return time_method(method, images, budget, warmup=cfg.get("timing_warmup", 2),
                        repeats=cfg.get("timing_repeats", 10), throughput_batch=cfg.get("throughput_batch", 8),
                        seed=seed)
+
+
+def predict_as_evaluated(method: MethodPlugin, images: torch.Tensor, budget: Budget, seed: int, batch_size: int,
+                         members_from: Budget | None = None, device: torch.device | None = None) -> torch.Tensor:
+    """The hard masks (N, C, H, W) ``evaluate`` stored for ``images`` (N, Cin, H, W) in test order: same
+    batches and per-batch seeds; a budget scored on a prefix (its ``members_from`` tag, as a Budget) is
+    drawn at that size and fused from the first ``budget.ensemble`` members. For ``segarena predict``."""
+    device = device or images.device
+    source = members_from or budget
+    method.eval()
+    masks = []
+    with torch.inference_mode():
+        for index, start in enumerate(range(0, len(images), batch_size)):
+            batch = images[start:start + batch_size].to(device)
+            out = method.predict(batch, source, torch.Generator(device=device).manual_seed(batch_seed(seed, index)))
+            if source.ensemble != budget.ensemble:
+                out = prefix_prediction(method, out, budget.ensemble, out.nfe * budget.ensemble // source.ensemble)
+            masks.append(out.mask.bool().cpu())
+    return torch.cat(masks)
 
 
 def quick_dice(method: MethodPlugin, cases: Sequence[Case], budget: Budget, task: Task, device: torch.device,

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.metrics import compute_hausdorff_distance, compute_surface_dice
+from monai.metrics import compute_hausdorff_distance
 
 # torch-free (the leaderboard reads it without torch); re-exported here for labs and the evaluation
 from segarena.platform.aggregate import aggregate  # noqa: F401
@@ -105,23 +105,35 @@ NLL_EPS = 1e-7
 
 def nsd(pred: Any, gt: Any, tolerance: float, spacing: Sequence[float] | None = None) -> float:
     """Normalized surface Dice (Nikolov et al. 2021) of two binary masks of one class (spatial dims only):
-    the share of both boundaries lying within ``tolerance`` of the other one, via MONAI's
-    ``compute_surface_dice``; ``tolerance`` and distances are in mm when spacing is known, else px.
+    the share of both boundaries lying within ``tolerance`` of the other one; ``tolerance`` and distances
+    in mm when spacing is known, else px.
 
-    Empty rule (applied before MONAI, which gives NaN for two empty masks): both empty → 1,
-    exactly one empty → 0.
+    MONAI's ``compute_surface_dice`` definition (boundary = mask XOR binary erosion, connectivity 1;
+    Euclidean distance of each boundary voxel centre to the other boundary; no sub-voxels), computed with
+    SciPy's EDT on the masks' bounding box, which skips MONAI's per-call transform overhead (~7 ms of a
+    64 px case); tests pin it to ``compute_surface_dice``. Empty rule (MONAI gives NaN for two empty
+    masks): both empty → 1, exactly one empty → 0.
     """
-    p, g = _as_bool(pred), _as_bool(gt)
-    n_p, n_g = int(p.sum()), int(g.sum())
-    if n_p == 0 and n_g == 0:
+    p, g = _as_bool(pred).numpy(), _as_bool(gt).numpy()
+    has_p, has_g = bool(p.any()), bool(g.any())
+    if not has_p and not has_g:
         return 1.0
-    if n_p == 0 or n_g == 0:
+    if not has_p or not has_g:
         return 0.0
-    with warnings.catch_warnings():  # MONAI's own deprecation notice on an argument it passes itself
-        warnings.simplefilter("ignore", FutureWarning)
-        value = compute_surface_dice(p[None, None].float(), g[None, None].float(), class_thresholds=[float(tolerance)],
-                                     include_background=True, spacing=list(spacing) if spacing is not None else None)
-    return float(value.reshape(-1)[0])
+    from scipy import ndimage
+
+    union = p | g
+    box = []
+    for axis in range(union.ndim):
+        hit = np.flatnonzero(union.any(axis=tuple(a for a in range(union.ndim) if a != axis)))
+        box.append(slice(max(0, hit[0] - 1), hit[-1] + 2))  # one voxel of margin: erosion sees the outside
+    p, g = p[tuple(box)], g[tuple(box)]
+    edge_p, edge_g = p ^ ndimage.binary_erosion(p), g ^ ndimage.binary_erosion(g)
+    sampling = list(spacing) if spacing is not None else None
+    d_pg = ndimage.distance_transform_edt(~edge_g, sampling=sampling)[edge_p]
+    d_gp = ndimage.distance_transform_edt(~edge_p, sampling=sampling)[edge_g]
+    within = int((d_pg <= tolerance).sum()) + int((d_gp <= tolerance).sum())
+    return within / (d_pg.size + d_gp.size)
 
 
 def _pair_counts(samples: torch.Tensor, gt: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:

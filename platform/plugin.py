@@ -53,6 +53,8 @@ class MethodPlugin(ABC):
     paper: ClassVar[str] = ""
     api_version: ClassVar[int] = API_VERSION
     stochastic: ClassVar[bool] = False
+    # profile keys read only when another key turns them on (the conformance read check runs `tiny`)
+    conditional_keys: ClassVar[frozenset[str]] = frozenset()
     # The training_step key the progress line shows (e.g. a GAN's generator loss, not a
     # discriminator term); None = the first key training_step returns.
     headline_loss: ClassVar[str | None] = None
@@ -62,7 +64,8 @@ class MethodPlugin(ABC):
     paper_augment: ClassVar[str] = "none"
 
     def __init__(self, hparams: dict[str, Any], task: Task) -> None:
-        self.hparams = dict(hparams)
+        # a copy, so a plugin never edits the suite's dict; the conformance read-tracker asks to be kept itself
+        self.hparams = hparams if getattr(hparams, "keep_identity", False) else dict(hparams)
         self.task = task
 
     @classmethod

@@ -133,7 +133,7 @@ def overlay_panel(pred: CasePrediction, title: str) -> Any:
     draw = ImageDraw.Draw(canvas)
     draw.text((2, 1), title, fill=(0, 0, 0), font=font)
     draw.text((2, left.shape[0] + bar + 1), "truth green · prediction red", fill=(0, 0, 0), font=font)
-    draw.text((left.shape[1] + 6, left.shape[0] + bar + 1), "member disagreement 4v(1-v)", fill=(0, 0, 0),
+    draw.text((left.shape[1] + 6, left.shape[0] + bar + 1), "disagreement 4v(1-v)", fill=(0, 0, 0),
               font=font)
     return canvas
 

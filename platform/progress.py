@@ -104,6 +104,15 @@ class EtaModel:
     startup_obs: list[float] = field(default_factory=list)
     tail_obs: dict[str, list[float]] = field(default_factory=dict)  # method → last epoch → finished
     eval_job_obs: dict[str, list[float]] = field(default_factory=dict)  # method → whole evaluate-only trial
+    prior: dict[str, Any] = field(default_factory=dict)  # costs of an earlier run, used until observed here
+
+    def costs(self) -> dict[str, Any]:
+        """What this run measured, as plain data: save it, and pass it as ``prior`` to the next run."""
+        methods = set(self.step_obs) | set(self.tail_obs)
+        return {"step_s": {m: self.step_time(m) for m in methods if self.step_obs.get(m)},
+                "steps_per_epoch": {m: self.steps_per_epoch(m) for m in self.spe_obs},
+                "tail_s": {m: self._mean_of(self.tail_obs, m) for m in self.tail_obs},
+                "startup_s": self.startup() if self.startup_obs else None}
 
     def observe_epoch(self, method: str, seconds: float, steps: float) -> None:
         if steps > 0 and seconds >= 0:
@@ -112,17 +121,23 @@ class EtaModel:
 
     def step_time(self, method: str) -> float | None:
         obs = self.step_obs.get(method, [])[-RECENT:]
+        if not obs and method in self.prior.get("step_s", {}):
+            return float(self.prior["step_s"][method])
         if not obs:  # a method not seen yet: the mean over the methods seen (corrected at its first epoch)
             per = [self.step_time(m) for m in self.step_obs if self.step_obs[m]]
             return sum(per) / len(per) if per else None
         return sum(s for s, _ in obs) / sum(n for _, n in obs)
 
     def steps_per_epoch(self, method: str) -> float | None:
+        if not self.spe_obs.get(method) and method in self.prior.get("steps_per_epoch", {}):
+            return float(self.prior["steps_per_epoch"][method])
         obs = self.spe_obs.get(method) or [s for v in self.spe_obs.values() for s in v]
         return sorted(obs)[len(obs) // 2] if obs else None
 
     def startup(self) -> float:
-        return sum(self.startup_obs) / len(self.startup_obs) if self.startup_obs else 0.0
+        if self.startup_obs:
+            return sum(self.startup_obs) / len(self.startup_obs)
+        return float(self.prior.get("startup_s") or 0.0)
 
     @staticmethod
     def _mean_of(table: dict[str, list[float]], method: str) -> float | None:
@@ -130,6 +145,8 @@ class EtaModel:
         return sum(obs) / len(obs) if obs else None
 
     def tail(self, method: str) -> float:
+        if not self.tail_obs.get(method) and method in self.prior.get("tail_s", {}):
+            return float(self.prior["tail_s"][method])
         return self._mean_of(self.tail_obs, method) or 0.0
 
     def cell_remaining(self, cell: CellState, now: float) -> float | None:
@@ -213,16 +230,18 @@ class Progress(Callback):
     ``plan``: the trial configs in launch order (``{"job": ...}`` or ``{"cell": ...}``), so cells not
     started yet are estimated from their own method and length; without it they are estimated as
     the average cell. ``live``: pinned per-cell lines (default: when stdout is a terminal and
-    ``echo`` is ``print``).
+    ``echo`` is ``print``). ``prior``: ``progress.model.costs()`` of an earlier run on this machine
+    (per-method step time, evaluation tail, start-up), used for a method until this run measured it.
     """
 
     def __init__(self, total: int, concurrency: int, echo: Callable[[str], None] = print,
                  plan: Sequence[dict[str, Any]] | None = None, live: bool | None = None,
-                 stream: TextIO | None = None, clock: Callable[[], float] = time.time) -> None:
+                 stream: TextIO | None = None, clock: Callable[[], float] = time.time,
+                 prior: dict[str, Any] | None = None) -> None:
         self.total, self.concurrency, self.echo = total, max(1, concurrency), echo
         self.clock = clock
         self.t0 = clock()
-        self.model = EtaModel()
+        self.model = EtaModel(prior=dict(prior or {}))
         self.cells: dict[str, CellState] = {}
         self.pending: list[tuple[str, JobInfo]] = [(_signature(c), job_info(c)) for c in plan or []]
         self.done = self.failed = 0

@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import inspect
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
@@ -24,6 +25,8 @@ from segarena.platform.errors import PluginError
 from segarena.platform.plugin import API_VERSION, MethodPlugin
 
 GROUPS = {"method": "segarena.methods", "dataset": "segarena.datasets"}
+# Plugin names become folder and file names (splits, caches, artifacts): nothing that could climb out.
+SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 BASES: dict[str, type] = {"method": MethodPlugin, "dataset": DatasetPlugin}
 PLUGIN_PATH_ENV = "SEGARENA_PLUGIN_PATH"
 
@@ -188,6 +191,9 @@ def _checked_name(cls: type, kind: str, source: str, expected: str | None = None
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name:
         raise PluginError(f"{kind} plugin {cls.__name__} from {source} has no 'name'")
+    if not SAFE_NAME.match(name):
+        raise PluginError(f"{kind} plugin {cls.__name__} from {source}: name {name!r} must match "
+                          f"{SAFE_NAME.pattern} (it becomes folder and file names)")
     if expected is not None and expected != name:
         raise PluginError(f"{kind} plugin registered as {expected!r} from {source} calls itself {name!r}")
     if getattr(cls, "api_version", None) != API_VERSION:

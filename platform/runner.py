@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 from segarena.platform.cell_data import load_cell_data
 from segarena.platform.errors import SegarenaError
@@ -35,6 +36,7 @@ class RunSummary:
     trained: int = 0
     evaluated: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    eta_samples: list[tuple[float, float | None]] = field(default_factory=list)  # (elapsed, ETA) per cell start
     ray_start_s: float = 0.0
     wall_s: float = 0.0
 
@@ -81,22 +83,26 @@ def run_suite(suite: str | Path, workdir: str | Path = "segarena-runs", *, addre
               echo: Callable[[str], None] = print) -> RunSummary:
     t_start = time.time()
     spec, path = load_suite(suite)
-    registry = discover(plugin_dirs)
-    cells = expand(spec, registry, path)
     wd = WorkDir.at(workdir)
-    # Every dataset is opened and split before anything is recorded: bad data fails here, cleanly.
-    # Its content hash joins the training key: changed data retrains.
+    cells = prepare_cells(spec, path, discover(plugin_dirs), wd)
+    wd.root.mkdir(parents=True, exist_ok=True)
+    with suite_lock(wd, spec.name):
+        return _run_locked(spec, path, cells, wd, tracking_uri, plugin_dirs, address, verbose, echo, t_start)
+
+
+def prepare_cells(spec, path: Path, registry, wd: WorkDir) -> list[Cell]:
+    """The suite's cells, each dataset opened and split before anything is recorded (bad data fails
+    here, cleanly), its content hash joining the training key (changed data retrains)."""
+    cells = expand(spec, registry, path)
     hashes: dict[tuple, str] = {}
+    out = []
     for c in cells:
         ident = (c.dataset, c.dataset_path, repr(sorted(c.dataset_params.items())), c.seed)
         if ident not in hashes:
             data = load_cell_data(registry, c.dataset, c.dataset_path, c.dataset_params, wd.cache, c.seed)
             hashes[ident] = data.dataset.content_hash()
-    cells = [replace(c, dataset_hash=hashes[(c.dataset, c.dataset_path, repr(sorted(c.dataset_params.items())),
-                                              c.seed)]) for c in cells]
-    wd.root.mkdir(parents=True, exist_ok=True)
-    with suite_lock(wd, spec.name):
-        return _run_locked(spec, path, cells, wd, tracking_uri, plugin_dirs, address, verbose, echo, t_start)
+        out.append(replace(c, dataset_hash=hashes[ident]))
+    return out
 
 
 @contextmanager
@@ -152,6 +158,9 @@ def _run_locked(spec, path: Path, cells: list[Cell], wd: WorkDir, tracking_uri: 
                         segarena_version=version("segarena"), git_sha=git_sha(), driver=uuid.uuid4().hex[:12])
     jobs, skipped = plan_jobs(cells, tracker.finished_trainings(exp_id), tracker.finished_evaluations(exp_id),
                               settings)
+    # longest trainings first: on few slots the short ones fill the gaps at the end (and the ETA sees
+    # every kind of method early)
+    jobs.sort(key=lambda j: (j.kind != "train", -j.cell.epochs * (j.cell.steps_per_epoch or 1)))
     summary = RunSummary(spec.name, exp_id, len(cells), len(skipped), len(orphans))
     if orphans:
         echo(f"marked {len(orphans)} run(s) left RUNNING by an earlier driver as failed")
@@ -165,7 +174,8 @@ def _run_locked(spec, path: Path, cells: list[Cell], wd: WorkDir, tracking_uri: 
     for cell in skipped:
         echo(f"  {cell.label}: skipped (finished)")
     if jobs:
-        summary.ray_start_s, summary.failures = _run_jobs(jobs, spec.resources.model_dump(), address, verbose, echo)
+        summary.ray_start_s, progress = _run_jobs(jobs, spec.resources.model_dump(), address, verbose, echo)
+        summary.failures, summary.eta_samples = progress.failures, progress.eta_samples
         summary.ran = len(jobs)
         failed = {label for label, _ in summary.failures}
         summary.trained = sum(j.kind == "train" and j.cell.label not in failed for j in jobs)
@@ -175,7 +185,7 @@ def _run_locked(spec, path: Path, cells: list[Cell], wd: WorkDir, tracking_uri: 
 
 
 def _run_jobs(jobs: list[Job], res: dict, address: str | None, verbose: bool,
-              echo: Callable[[str], None]) -> tuple[float, list]:
+              echo: Callable[[str], None]) -> tuple[float, Any]:
     import ray
     from ray import tune
 
@@ -190,18 +200,21 @@ def _run_jobs(jobs: list[Job], res: dict, address: str | None, verbose: bool,
         echo(f"ray: {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs · {concurrency} cell(s) at a "
              f"time · {res['workers_per_trial']} worker(s) × {res['cpus_per_worker']:g} CPU per cell"
              + (f" · ray started in {ray_s:.1f}s" if started else ""))
-        progress = Progress(len(jobs), concurrency, echo)
+        wd = WorkDir(Path(settings.workdir))
+        wires = [j.to_wire() for j in jobs]
+        progress = Progress(len(jobs), concurrency, echo, plan=[{"job": w} for w in wires], prior=wd.read_eta())
         suite = jobs[0].cell.suite
         tuner = tune.Tuner(
             tune.with_resources(run_job, job_resources),
-            param_space={"job": tune.grid_search([j.to_wire() for j in jobs])},
+            param_space={"job": tune.grid_search(wires)},
             tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True),
             run_config=tune.RunConfig(name=f"{suite}-{time.strftime('%Y%m%d-%H%M%S')}",
                                       storage_path=str(WorkDir(Path(settings.workdir)).ray_storage), verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=settings.failure_retries),
                                       callbacks=[progress]))
         tuner.fit()
-        return ray_s, progress.failures
+        wd.write_eta(progress.model.costs())  # the next run's ETA starts from what this one measured
+        return ray_s, progress
     finally:
         if started:
             ray.shutdown()

@@ -9,6 +9,7 @@ Everything segarena writes on a machine goes under one root, by default ``./sega
     ray/          Ray Tune / Train storage; ray/cells/<key>/ the checkpoint of a running one-worker cell
     models/       weights downloaded from the store for evaluation on this machine
     locks/        one lock file per suite: one driver per suite and work dir
+    eta.json      per-method step costs measured by the last run (the next run's first ETA)
 
 No other module builds these paths. Importing this module stays cheap (no torch, no mlflow).
 """
@@ -88,6 +89,24 @@ class WorkDir:
         if path != base.resolve() and base.resolve() not in path.parents:
             raise SegarenaError(f"path {'/'.join(parts)!r} would leave {base}")
         return path
+
+    @property
+    def eta(self) -> Path:
+        """Per-method step and evaluation costs measured by the last run: the next run's first ETA."""
+        return self.root / "eta.json"
+
+    def read_eta(self) -> dict:
+        import json
+
+        try:
+            return json.loads(self.eta.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def write_eta(self, costs: dict) -> None:
+        import json
+
+        self.eta.write_text(json.dumps(costs, indent=1))
 
     def exists(self) -> bool:
         return self.db.exists()

@@ -134,7 +134,8 @@ def train_epoch(method: MethodPlugin, data: tuple[torch.Tensor, torch.Tensor], c
         idx = order[(s * bs + torch.arange(bs)) % len(order)]
         x, y = images[idx], masks[idx]
         if augment is not None:
-            x, y = augment(x, y, (epoch * steps + s) * world + rank)
+            # keyed by (epoch, case id): each case gets the same draw for every method, whatever its batch size
+            x, y = augment(x, y, epoch, ids=idx)
         logs = method.training_step({"image": x.to(device), "mask": y.to(device)})
         for k, v in logs.items():
             if not math.isfinite(v):
@@ -221,6 +222,7 @@ def train_and_evaluate(job: Job, session: Session, out_dir: Path) -> CellResult 
     ev = cell.evaluation
     val_cases = data.cases("val")[: ev["val_cases"]]
     timings = Timings(started_at=t_start, setup_s=time.time() - t_start)
+    headline = getattr(method, "headline_loss", None) or ""
     for epoch in range(start, cell.epochs):
         t0 = time.time()
         metrics: dict[str, Any] = {"epoch": epoch, **train_epoch(method, tensors, cell, epoch, rank, world, device,
@@ -238,7 +240,7 @@ def train_and_evaluate(job: Job, session: Session, out_dir: Path) -> CellResult 
                 save_atomic({"state": method.state_dict(), "epoch": epoch, "history": history},
                             Path(tmp) / CHECKPOINT_FILE)
                 ckpt = Path(tmp)
-            session.report({**metrics, "phase": "train"}, ckpt)
+            session.report({**metrics, "phase": "train", "headline": headline}, ckpt)
     if rank != 0:
         return None
     with bare_modules(method) as bare:

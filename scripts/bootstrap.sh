@@ -31,3 +31,10 @@ if [[ ! -d /usr/share/mricron/templates && ${SEGARENA_SKIP_APT:-0} != 1 && $(id 
   (apt-get install -y -qq mricron-data >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq mricron-data >/dev/null 2>&1; }) \
     || echo "segarena: could not install mricron-data; the colin27-brain dataset stays unavailable"
 fi
+# Chromium + its driver (same Debian version) for the report's browser test and `segarena report --png`:
+# optional like Colin27; without them the browser test skips (fails under CI=true) and PNGs use matplotlib.
+if [[ ( ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ) && ${SEGARENA_SKIP_APT:-0} != 1 && $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+  echo "segarena: installing Debian packages chromium chromium-driver (report browser test, PNG export)"
+  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1; }) \
+    || echo "segarena: could not install chromium; the report's browser test cannot run here"
+fi

@@ -130,7 +130,7 @@ def test_r1_penalty_is_positive_on_real_pairs_and_lazy():
 
 def test_multiclass_exclusive_masks_do_not_overlap():
     task = Task(in_channels=1, num_classes=2, image_size=(32, 32))
-    method = make(task, image_size=32, attn_resolutions=[8])
+    method = make(task, attn_resolutions=[8])
     method.train()
     method.training_step(synthetic_batch(task, 2))
     method.eval()

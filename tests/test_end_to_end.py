@@ -38,10 +38,11 @@ def test_suite_runs_reruns_without_duplicates_and_ranks(ray_session, tmp_path, m
     exp = tracker.experiment("e2e")
     # a run left RUNNING by a driver that was killed
     from segarena.platform.registry import discover
-    from segarena.platform.suite import expand, load_suite
+    from segarena.platform.runner import prepare_cells
+    from segarena.platform.suite import load_suite
 
-    spec, _ = load_suite(suite)
-    unet_cell = expand(spec, discover([plugins], use_env=False))[0]
+    spec, path = load_suite(suite)
+    unet_cell = prepare_cells(spec, path, discover([plugins], use_env=False), WorkDir.at(workdir))[0]
     orphan = tracker.start_training(exp, unet_cell, cell_tags(unet_cell, "0", "x"))
 
     lines: list[str] = []

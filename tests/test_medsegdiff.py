@@ -229,7 +229,7 @@ def test_profiles_docstring_states_the_measured_parameter_counts():
     counts = {}
     for name in ("tiny", "paper"):
         hp = MedSegDiffMethod.profiles()[name]
-        size = hp["image_size"]
+        size = {"tiny": 64, "paper": 256}[name]  # the paper's input size
         counts[name] = MedSegDiffMethod(hp, Task(1, 1, (size, size))).num_parameters()
     assert counts["tiny"] == 306_953 and counts["paper"] == 116_302_945  # 1-channel image, 1 class
     assert "306,953" in profiles.__doc__ and "116,302,945" in profiles.__doc__

@@ -30,12 +30,30 @@ def test_plugin_path_env_var(make_plugin_dir, monkeypatch):
 
 
 def test_folder_plugins_are_imported_in_isolation(make_plugin_dir):
+    """What isolation promises: the folder never joins sys.path, two folders may hold files of the same
+    name without one replacing the other, and a plugin file named like a real module shadows nothing."""
+    import json
     import sys
 
-    folder = make_plugin_dir("iso-net")
-    discover([folder], use_env=False)
-    assert str(folder) not in sys.path
-    assert "iso_net" not in sys.modules
+    a = make_plugin_dir("iso-a", folder="a", filename="plugin.py")
+    b = make_plugin_dir("iso-b", folder="b", filename="plugin.py")
+    c = make_plugin_dir("iso-c", folder="c", filename="json.py")
+    reg = discover([a, b, c], use_env=False)
+    assert {reg.method("iso-a").name, reg.method("iso-b").name, reg.method("iso-c").name} == {"iso-a", "iso-b", "iso-c"}
+    assert reg.method("iso-a").__module__ != reg.method("iso-b").__module__
+    assert not {str(a), str(b), str(c)} & set(sys.path)
+    assert sys.modules["json"] is json and hasattr(json, "dumps")  # the standard library's, untouched
+    assert "plugin" not in sys.modules
+
+
+@pytest.mark.parametrize("bad", ["../../../../x", "Upper", "a b", "-lead", ""])
+def test_plugin_names_must_be_safe(make_plugin_dir, bad):
+    """Names become folder and file names (splits, caches, artifacts): only [a-z0-9][a-z0-9_.-]*."""
+    folder = make_plugin_dir("safe-name", filename="bad.py")
+    text = (folder / "bad.py").read_text().replace('name = "safe-name"', f"name = {bad!r}")
+    (folder / "bad.py").write_text(text)
+    with pytest.raises(PluginError, match="name"):
+        discover([folder], use_env=False)
 
 
 def test_duplicate_name_names_both_sources(make_plugin_dir):

@@ -9,9 +9,9 @@ import pytest
 import torch
 from monai.networks.schedulers import DDPMScheduler
 
+from segarena.methods.common.ddim import strided_timesteps
 from segarena.methods.sdseg import SDSegMethod
 from segarena.methods.sdseg.autoencoder import ae_output_to_probs, masks_to_ae_input
-from segarena.methods.common.ddim import strided_timesteps
 from segarena.methods.sdseg.latent import build_scheduler, estimate_clean_latent
 from segarena.platform.conformance import MethodConformance, synthetic_batch
 from segarena.platform.errors import SpecError

@@ -111,3 +111,34 @@ def test_paper_model_forward_224():
     method = TransUNetMethod(TransUNetMethod.profiles()["paper"], task).eval()
     with torch.inference_mode():
         assert method.net(torch.randn(1, 1, 224, 224)).shape == (1, 9, 224, 224)
+
+
+def official_dice(probs: torch.Tensor, onehot: torch.Tensor, squared: bool) -> torch.Tensor:
+    """Beckschen/TransUNet ``utils.DiceLoss`` (batch-wide per class, background included, smooth 1e-5,
+    mean over classes) with its Σp² + Σt² denominator (``squared``), or the linear Σp + Σt one."""
+    loss = 0.0
+    for c in range(onehot.shape[1]):
+        p, t = probs[:, c], onehot[:, c]
+        den = (p * p).sum() + (t * t).sum() if squared else p.sum() + t.sum()
+        loss = loss + 1 - (2 * (p * t).sum() + 1e-5) / (den + 1e-5)
+    return loss / onehot.shape[1]
+
+
+def test_loss_is_half_ce_half_batch_dice_with_background_as_the_card_says():
+    """The card's claims about the shared trainer's loss: batch-wide Dice over background + classes
+    with the official squared denominator, one sigmoid channel for binary tasks."""
+    import torch.nn.functional as F
+
+    task = Task(in_channels=1, num_classes=2, image_size=(32, 32))
+    method = TransUNetMethod({**TINY, "image_size": 32}, task)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 3, 32, 32, generator=g)
+    mask = synthetic_batch(task, 3, seed=1)["mask"]
+    onehot = torch.cat([1 - mask.amax(1, keepdim=True), mask], 1)
+    ce = F.cross_entropy(logits, onehot.argmax(1))
+    ours = method.loss(logits, mask)
+    torch.testing.assert_close(ours, 0.5 * ce + 0.5 * official_dice(logits.softmax(1), onehot, squared=True))
+    linear = 0.5 * ce + 0.5 * official_dice(logits.softmax(1), onehot, squared=False)
+    assert (ours - linear).abs() > 1e-3  # the denominator matters: this test tells the two apart
+    binary = TransUNetMethod({**TINY, "image_size": 32}, Task(in_channels=1, num_classes=1, image_size=(32, 32)))
+    assert binary.out_channels(binary.task) == 1 and not binary.softmax

@@ -3,7 +3,7 @@
 Latent z → mapping network → AdaGN scale/shift in every ResBlock norm (the few-step trick of
 DDGAN); the image enters through a full-resolution residual encoder added to the first feature
 map; x_{t+1} also feeds a residual input pyramid (``progressive_input='residual'``): at level 0 the
-pyramid is x_{t+1}, and at every level transition it is downsampled (FIR + conv3x3), combined with
+pyramid is x_{t+1}, and at every level transition it is downsampled (``resample``, then conv3x3), combined with
 the downsampled features as (pyramid + h)/√2, and that combination becomes both h and the next
 pyramid, so from level 1 on the pyramid carries the image too. The time MLP is nf → 4nf → 4nf as
 in NCSN++ (not the discriminator's ``t_emb``). Residual branches, attention outputs and the head

@@ -9,6 +9,7 @@ fresh z per step, the E ensemble members as one batch: nfe = T x E generator row
 from __future__ import annotations
 
 import math
+from collections import ChainMap
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
@@ -32,21 +33,24 @@ _COMMON: dict[str, Any] = {"beta_min": 0.1, "beta_max": 20.0, "betas": [0.5, 0.9
                            "fusion": "mean", "lr_schedule": "constant", "lr_t_max": 500, "lr_eta_min": 1e-5,
                            "lr_epoch_steps": 8}
 _MONUSEG: dict[str, Any] = {
-    **_COMMON, "image_size": 256, "T": 4, "nf": 64, "ch_mult": [1, 1, 1, 2, 2, 4, 4], "num_res_blocks": 2,
+    **_COMMON, "T": 4, "nf": 64, "ch_mult": [1, 1, 1, 2, 2, 4, 4], "num_res_blocks": 2,
     "attn_resolutions": [16, 8], "enc_layers": 5, "enc_blocks": 1, "nz": 100, "z_emb": 256, "n_mlp": 3,
     "t_emb": 256, "d_ngf": 64, "d_init_std": 0.02, "d_mult": [4, 8, 8, 8, 8, 8], "attn_level": 3, "batch_size": 4,
-    "lr_g": 2e-4, "lr_d": 1e-4, "lazy_reg": 10, "ensembles": [1, 5], "lr_schedule": "cosine"}
+    "lr_g": 2e-4, "lr_d": 1e-4, "lazy_reg": 10, "lr_schedule": "cosine"}
 PROFILES: dict[str, dict[str, Any]] = {
-    "tiny": {**_COMMON, "image_size": 64, "T": 2, "nf": 8, "ch_mult": [1, 2, 2], "num_res_blocks": 1,
+    "tiny": {**_COMMON, "T": 2, "nf": 8, "ch_mult": [1, 2, 2], "num_res_blocks": 1,
              "attn_resolutions": [16], "enc_layers": 1, "enc_blocks": 1, "nz": 16, "z_emb": 32, "n_mlp": 1,
              "t_emb": 32, "d_ngf": 8, "d_init_std": 0.0, "d_mult": [2, 4, 4], "attn_level": 1, "batch_size": 2,
-             "lr_g": 1e-3, "lr_d": 5e-4, "lazy_reg": 4, "ensembles": [1, 3]},
+             "lr_g": 1e-3, "lr_d": 5e-4, "lazy_reg": 4},
     "paper": _MONUSEG,
     "paper_cxr": {**_MONUSEG, "T": 2, "nf": 32, "ch_mult": [1, 1, 2, 2, 4, 4], "num_res_blocks": 1,
                   "attn_resolutions": [16], "enc_layers": 3, "enc_blocks": 2, "attn_level": 2, "batch_size": 3,
-                  "lr_d": 1e-5, "lazy_reg": 1, "ensembles": [1, 5, 30],
+                  "lr_d": 1e-5, "lazy_reg": 1,
                   "lr_epoch_steps": 189},  # Shenzhen's 566 masked images / batch 3 (fold 0 trains on Shenzhen)
 }
+# Inference budgets per profile (majority votes over E posterior samples): budget data, not hyperparameters,
+# so that adding an ensemble size evaluates the stored weights instead of retraining.
+ENSEMBLES: dict[str, list[int]] = {"tiny": [1, 3], "paper": [1, 5], "paper_cxr": [1, 5, 30]}
 # `t_emb` is the discriminator's time width; the generator's is 4·nf (NCSN++).
 _GEN_KEYS = ("nf", "ch_mult", "num_res_blocks", "attn_resolutions", "enc_layers", "enc_blocks", "nz", "z_emb",
              "n_mlp", "dropout", "resample")
@@ -71,13 +75,16 @@ class CDALMethod(MethodPlugin):
     paper: ClassVar[str] = ("Hejrati, Banerjee, Glide-Hurst, Dong. Conditional diffusion model with spatial "
                             "attention and latent embedding for medical image segmentation. MICCAI 2024")
     stochastic: ClassVar[bool] = True
+    # read only under the cosine schedule (off at tiny)
+    conditional_keys: ClassVar[frozenset[str]] = frozenset({"lr_t_max", "lr_eta_min", "lr_epoch_steps"})
     denoiser: ClassVar[str] = "generator"
     headline_loss: ClassVar[str | None] = "g_mse"  # the generator's x0 loss; d_* are discriminator terms
     paper_augment: ClassVar[str] = "default"  # MoNuSeg script: flips, RandomAffine(22°, 0.75-1.25), ColorJitter
 
     def __init__(self, hparams: dict[str, Any], task: Task) -> None:
-        super().__init__({**_COMMON, **hparams}, task)
-        hp = self.hparams
+        super().__init__(hparams, task)
+        # defaults for keys a caller left out, read through (not copied), so the conformance check sees reads
+        self.hparams = hp = ChainMap(self.hparams, _COMMON)
         if hp["lr_schedule"] not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule {hp['lr_schedule']!r} not in {LR_SCHEDULES}")
         # exclusive multi-class: one-hot with background, as the released Hippocampus setup
@@ -108,7 +115,7 @@ class CDALMethod(MethodPlugin):
     @classmethod
     def budgets(cls, profile: str) -> list[Budget]:
         p = PROFILES[profile]
-        return [Budget(steps=p["T"], ensemble=e, sampler="posterior") for e in p["ensembles"]]
+        return [Budget(steps=p["T"], ensemble=e, sampler="posterior") for e in ENSEMBLES[profile]]
 
     def modules(self) -> dict[str, nn.Module]:
         return {"generator": self.generator, "discriminator": self.discriminator}

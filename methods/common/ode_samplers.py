@@ -37,8 +37,8 @@ def ode_scheduler(sampler: str, betas: torch.Tensor, clip_x0: bool) -> Any:
 
 def ode_sample(denoise: Denoise, x_T: torch.Tensor, sampler: str, steps: int, betas: torch.Tensor,
                clip_x0: bool = False) -> torch.Tensor:
-    """``steps`` denoiser passes from pure noise ``x_T`` (σ_T = √(1 - ᾱ_T) scaling is 1 for these
-    schedulers' variance-preserving form); returns the sample at σ = 0."""
+    """``steps`` denoiser passes from pure noise ``x_T`` (``init_noise_sigma`` is 1 in this
+    variance-preserving form); returns the sample at σ = 0."""
     if steps < 1:
         raise ValueError(f"{sampler}: steps must be >= 1, not {steps}")
     scheduler = ode_scheduler(sampler, betas, clip_x0)

@@ -1,4 +1,4 @@
-"""ADM denoising UNet (improved-diffusion layout, spec §1.1) with MedSegDiff fusion at chosen stages.
+"""ADM denoising UNet (improved-diffusion layout) with MedSegDiff fusion at chosen stages.
 
 The only module whose forward counts as nfe. It receives x_t, t and the precomputed
 ``ConditionFeatures``; the per-step condition work left here is the x_t-dependent half of the

@@ -29,6 +29,9 @@ class MedSegDiffMethod(MethodPlugin):
     stochastic: ClassVar[bool] = True
     denoiser: ClassVar[str] = "denoiser"
 
+    # read only when `cal_head` is on (off at tiny): the conformance read check cannot see them there
+    conditional_keys: ClassVar[frozenset[str]] = frozenset({"cal_loss", "lambda_cal"})
+
     def __init__(self, hparams: dict[str, Any], task: Task) -> None:
         super().__init__(hparams, task)
         hp = self.hparams

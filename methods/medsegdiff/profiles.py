@@ -1,4 +1,4 @@
-"""MedSegDiff profiles, budgets and search space as plain data (spec medsegdiff.md §6.3).
+"""MedSegDiff profiles, budgets and search space as plain data.
 
 ``paper`` is MedSegDiff-B as in the official README command (116,302,945 parameters at 256 px for a
 1-channel image and 1 class: denoiser 115,029,505 incl. FF-Parser weights, condition branch 1,273,440);
@@ -17,23 +17,23 @@ from segarena.platform.search_space import Choice, LogUniform
 
 PROFILES: dict[str, dict[str, Any]] = {
     "tiny": {
-        "image_size": 64, "model_channels": 16, "channel_mult": [1, 2, 2], "num_res_blocks": 1,
+        "model_channels": 16, "channel_mult": [1, 2, 2], "num_res_blocks": 1,
         "attention_resolutions": [], "num_heads": 1, "norm_groups": 8, "dropout": 0.0, "scale_shift": False,
         "cond_base": 8, "cond_max": 32, "cond_stages": 3, "cond_dropout": 0.0, "cond_norm": "instance",
         "conditioning": "paper", "fusion_stages": [1], "ffparser_init": "identity", "concat_image": False,
         "cal_head": False, "lambda_cal": 10.0, "cal_loss": "mse", "final_output": "diffusion",
         "timesteps": 100, "mask_scale": "pm1", "ensemble_fusion": "mean",
-        "lr": 1e-3, "weight_decay": 0.0, "batch_size": 2, "max_iterations": 50,
+        "lr": 1e-3, "weight_decay": 0.0, "batch_size": 2,
         "ema_decay": 0.95,  # a short memory for runs of a few hundred steps (measured: steadier Dice than 0 or 0.99)
     },
     "paper": {
-        "image_size": 256, "model_channels": 128, "channel_mult": [1, 1, 2, 2, 4, 4], "num_res_blocks": 2,
+        "model_channels": 128, "channel_mult": [1, 1, 2, 2, 4, 4], "num_res_blocks": 2,
         "attention_resolutions": [16], "num_heads": 1, "norm_groups": 32, "dropout": 0.0, "scale_shift": False,
         "cond_base": 32, "cond_max": 480, "cond_stages": 5, "cond_dropout": 0.5, "cond_norm": "batch",
         "conditioning": "paper", "fusion_stages": [2, 3], "ffparser_init": "official", "concat_image": False,
         "cal_head": False, "lambda_cal": 10.0, "cal_loss": "mse", "final_output": "diffusion",
         "timesteps": 1000, "mask_scale": "pm1", "ensemble_fusion": "mean",
-        "lr": 1e-4, "weight_decay": 0.0, "batch_size": 8, "max_iterations": 100_000,
+        "lr": 1e-4, "weight_decay": 0.0, "batch_size": 8,
         "ema_decay": 0.9999,  # the official rate
     },
 }

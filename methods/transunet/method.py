@@ -7,12 +7,13 @@ differ only in architecture. One-shot: nfe = 1, one budget.
 
 from __future__ import annotations
 
+from collections import ChainMap
 from typing import Any, ClassVar
 
 import torch
 
+from segarena.methods.common.supervised import SupervisedTrainer
 from segarena.methods.transunet.model import TransUNet2D, load_checkpoint
-from segarena.methods.unet.training import SupervisedTrainer
 from segarena.platform.plugin import MethodPlugin, Task
 from segarena.platform.search_space import Choice, LogUniform
 
@@ -36,7 +37,7 @@ _ARCH_KEYS = ("width", "block_units", "gn_groups", "weight_std", "hidden_size", 
 
 class TransUNetMethod(SupervisedTrainer, MethodPlugin):
     name: ClassVar[str] = "transunet"
-    version: ClassVar[str] = "0.1.0"
+    version: ClassVar[str] = "0.2.0"
     paper: ClassVar[str] = ("Chen, Lu, Yu, Luo, Adeli, Wang, Lu, Yuille, Zhou. TransUNet: Transformers Make Strong "
                             "Encoders for Medical Image Segmentation. arXiv:2102.04306, 2021")
     paper_augment: ClassVar[str] = "default"  # official: random rot90 + flip, or rotation ±20° (no intensity jitter)
@@ -44,7 +45,7 @@ class TransUNetMethod(SupervisedTrainer, MethodPlugin):
 
     def __init__(self, hparams: dict[str, Any], task: Task) -> None:
         MethodPlugin.__init__(self, hparams, task)
-        hp = {**PROFILES["paper"], **self.hparams}
+        hp = ChainMap(self.hparams, PROFILES["paper"])  # read through, not copied: reads stay visible
         size = hp["image_size"] or task.image_size
         out = self.out_channels(task)
         self.net: torch.nn.Module = TransUNet2D(

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import torch
 from monai.networks.nets import BasicUNet
 
-from segarena.methods.unet.training import SupervisedTrainer
+from segarena.methods.common.supervised import SupervisedTrainer
 from segarena.platform.plugin import MethodPlugin, Task
 from segarena.platform.search_space import Choice, LogUniform
 
@@ -26,7 +26,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 class UNetMethod(SupervisedTrainer, MethodPlugin):
     name: ClassVar[str] = "unet"
-    version: ClassVar[str] = "0.1.0"
+    version: ClassVar[str] = "0.2.0"
     paper: ClassVar[str] = ("Ronneberger, Fischer, Brox. U-Net: Convolutional Networks for Biomedical "
                             "Image Segmentation. MICCAI 2015")
     paper_augment: ClassVar[str] = "default"  # trained like TransUNet (rot90/flip/rotation)

@@ -1,6 +1,7 @@
 """Supervised one-shot training shared by the baselines (UNet, TransUNet): TransUNet's recipe.
 
-0.5·CE + 0.5·Dice (softmax over background + classes when exclusive, else sigmoid per class),
+0.5·CE + 0.5·Dice (softmax over background + classes when exclusive, else sigmoid per class; batch-wide,
+background included, squared denominator Σp² + Σt² as the official TransUNet loss),
 SGD with momentum and poly decay lr·(1 − it/max_it)^0.9.
 """
 
@@ -38,7 +39,8 @@ class SupervisedTrainer:
         hp = self.hparams
         self.softmax = self.task.exclusive and self.task.num_classes > 1
         # Batch-wide Dice over every channel, background included when softmax: the official TransUNet loss.
-        self.dice = DiceLoss(softmax=self.softmax, sigmoid=not self.softmax, include_background=True, batch=True)
+        self.dice = DiceLoss(softmax=self.softmax, sigmoid=not self.softmax, include_background=True, batch=True,
+                             squared_pred=True)  # the official Σp² + Σt² denominator
         self.opt = torch.optim.SGD(net.parameters(), lr=hp["lr"], momentum=hp.get("momentum", 0.9),
                                    weight_decay=hp.get("weight_decay", 1e-4))
         self.iteration = 0
