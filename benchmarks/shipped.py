@@ -1,4 +1,4 @@
-"""Where the named suites shipped with segarena live (found via ``__file__``: DESIGN.md explains
+"""Where the named suites shipped with segarena live (found via ``__file__``: the README's "Layout" explains
 why ``importlib.resources`` is not used on this namespace package)."""
 
 from pathlib import Path

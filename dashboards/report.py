@@ -209,8 +209,9 @@ def report_figures(data: ReportData, config: StatsConfig = DEFAULT_STATS) -> lis
 
 
 def default_output(workdir: Path | str, suite: str) -> Path:
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in suite) or "suite"
-    return Path(workdir) / "reports" / f"{safe}.html"
+    from segarena.platform.workdir import WorkDir
+
+    return WorkDir.at(workdir).report(suite)
 
 
 def write_report(tracker: Any, suite: str, output: Path | str, png_dir: Path | str | None = None,

@@ -54,6 +54,12 @@ class CachedDataset(DatasetPlugin):
         self._sources: list[Source] | None = None
         self._hash: str | None = None
 
+    @classmethod
+    def params_spec(cls) -> dict[str, Any]:
+        """The constructor's params plus every ``Preprocess`` field (``size``, ``fit``, ``norm``, ...)."""
+        prep = {f.name: cls.preprocessing.get(f.name, f.default) for f in fields(Preprocess)}
+        return {**super().params_spec(), **prep}
+
     # what a subclass implements ------------------------------------------------------
     @abstractmethod
     def find_sources(self) -> list[Source]:

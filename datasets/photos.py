@@ -57,6 +57,11 @@ class PairedImageDataset(CachedDataset):
     preprocessing: ClassVar[dict[str, Any]] = {"size": 64, "fit": "resize", "norm": "scale", "scale": 255.0,
                                                "channels": 3}
 
+    @classmethod
+    def params_spec(cls) -> dict[str, Any]:
+        """+ ``tile``: cut each image into tiles of this side (0 = whole images), read by ``to_cases``."""
+        return {"tile": 0, **super().params_spec()}
+
     def task(self) -> Task:
         return Task(in_channels=self.prep.channels, num_classes=len(self.class_names),
                     image_size=(self.prep.size, self.prep.size), spacing=None, class_names=self.class_names,

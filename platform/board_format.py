@@ -75,6 +75,8 @@ def display_frame(board: pd.DataFrame) -> pd.DataFrame:
         "nfe": board["nfe_mean"].map(lambda v: "–" if not _num(v) else f"{v:g}")}
     if stats:
         cols["p1st"] = [f"{v:.0f}%" if _num(v) else "–" for v in board["rank_first_pct"]]
+    if "tuning" in board.columns:  # tuned (trials, trial-seconds of its search) | default
+        cols["tuning"] = board["tuning"]
     cols |= {"seeds": board["n_seeds"], "cases": board["n_cases"], "failed": board["failed_seeds"]}
     return pd.DataFrame(cols)
 

@@ -32,12 +32,14 @@ def _store_args(p: argparse.ArgumentParser) -> None:
 
 
 def _tracker(args: argparse.Namespace):
+    from segarena.platform.preflight import check_tracking_uri
     from segarena.platform.tracking import Tracker
     from segarena.platform.workdir import WorkDir
 
     workdir = WorkDir.at(args.workdir)
     if args.tracking_uri is None and not workdir.exists():
         raise SegarenaError(f"no tracking store at {workdir.db}: run a suite first or give --tracking-uri")
+    check_tracking_uri(args.tracking_uri or workdir.tracking_uri)  # unsupported or down: one line within seconds
     return Tracker(args.tracking_uri or workdir.tracking_uri, workdir)
 
 
@@ -48,18 +50,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = run_suite(args.suite, args.workdir, address=args.address, tracking_uri=args.tracking_uri,
                         plugin_dirs=args.plugins, verbose=args.verbose)
     print(f"\nsuite {summary.suite!r}: {summary.trained} cell(s) trained, {summary.evaluated} evaluated from "
-          f"checkpoint, {summary.skipped} skipped as finished, {len(summary.failures)} failed · "
-          f"{summary.wall_s:.0f}s wall\n")
+          f"checkpoint, {summary.skipped} skipped as finished, {len(summary.failures)} failed"
+          + (", interrupted" if summary.interrupted else "") + f" · {summary.wall_s:.0f}s wall\n")
+    from segarena.dashboards.report import default_output, write_report
+
     tracker = _tracker(args)
     board, failed = leaderboard(tracker, summary.suite)
     print(render(board, failed, "table"))
-    print("\n" + next_steps(Path(args.workdir), summary.suite, None))
+    report = write_report(tracker, summary.suite, default_output(args.workdir, summary.suite)) if len(board) else None
+    print("\n" + next_steps(Path(args.workdir), summary.suite, report))
+    if summary.interrupted:
+        return 130
     return 1 if summary.failures else 0
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from segarena.platform.leaderboard import leaderboard, render
+    from segarena.platform.preflight import check_output_file
 
+    check_output_file(args.output)
     board, failed = leaderboard(_tracker(args), args.suite)
     print(render(board, failed, args.format, args.output))
     return 0
@@ -171,7 +180,7 @@ Start with `segarena run default`; `segarena COMMAND --help` explains a command.
 
 # Subcommands kept in their own module: each exposes add_parser(sub) and imports nothing heavy at module level.
 SUBCOMMAND_MODULES = ("segarena.platform.cli_datasets", "segarena.platform.cli_ui", "segarena.platform.cli_report",
-                      "segarena.platform.cli_evaluate", "segarena.platform.cli_server")
+                      "segarena.platform.cli_evaluate", "segarena.platform.cli_server", "segarena.platform.cli_predict")
 
 
 def examples(*lines: str) -> str:
@@ -318,6 +327,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `segarena plugins list | head`: the reader left; not an error worth a traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as exc:  # the tracking store failed under us: one line naming MLflow's complaint, exit 1
+        if not type(exc).__module__.startswith("mlflow"):
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        print(f"segarena: error: tracking store: {type(exc).__name__}: {first}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

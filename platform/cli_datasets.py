@@ -151,14 +151,14 @@ def cmd_show(args: argparse.Namespace) -> int:
     try:
         ds = cls(root=args.path, cache_dir=_cache_dir(args), **_params(args.param))
         status = ds.cache_status()
-        if status.startswith("unavailable"):
+        if status.startswith("unavailable"):  # missing data is the caller's to fix: exit 2, as for bad input
             print(wrap_field("status", status))
-            return 1
+            return 2
         print(wrap_field("cache", f"{status} (before loading)"))
         cases = ds.cases()
     except DataError as exc:
         print(wrap_field("status", f"unavailable: {exc}"))
-        return 1
+        return 2
     task = ds.task()
     split = ds.split(args.seed)
     print(wrap_field("task", f"{task.in_channels} channel(s) -> {task.num_classes} class(es) "

@@ -21,6 +21,7 @@ import torch
 
 from segarena.platform.plugin import API_VERSION, Budget, MethodPlugin, Prediction, Task, unwrap
 from segarena.platform.search_space import Choice, IntUniform, LogUniform, Uniform
+from segarena.platform.verify import count_denoiser_calls
 
 
 def synthetic_batch(task: Task, batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -225,27 +226,14 @@ class MethodConformance:
         method = self.make_method()
         denoiser = getattr(self.method_cls, "denoiser", None)
         assert denoiser, "set the class attribute `denoiser` to the attribute name of the network counted as nfe"
-        module = unwrap(getattr(method, denoiser))
-        rows = []
-        handle = module.register_forward_pre_hook(lambda _m, args, kwargs=None: rows.append(_rows(args, kwargs)),
-                                                  with_kwargs=False)
-        try:
+        with count_denoiser_calls(method) as counter:  # the evaluation harness counts with the same hook
             for budget in self.budgets():
-                rows.clear()
+                counter.reset()
                 out = self._predict(method, budget)
                 assert out.nfe == budget.nfe, f"{budget.name}: reported nfe {out.nfe} != budget {budget.nfe}"
-                counted = sum(rows) / self.batch_size
+                counted = counter.per_image(self.batch_size)
                 assert counted == budget.nfe, f"{budget.name}: denoiser ran {counted} passes per image, " \
                                               f"expected {budget.nfe}"
-        finally:
-            handle.remove()
-
-
-def _rows(args: tuple, kwargs: dict | None) -> int:
-    for a in list(args) + list((kwargs or {}).values()):
-        if isinstance(a, torch.Tensor):
-            return a.shape[0]
-    raise AssertionError("denoiser called without a tensor argument")
 
 
 def check_names(cls: type) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import random
@@ -16,6 +17,7 @@ import torch
 from segarena.platform.errors import DataError
 from segarena.platform.plugin import API_VERSION, Task
 from segarena.platform.records import stable_hash
+from segarena.platform.workdir import WorkDir
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,27 @@ class DatasetPlugin(ABC):
         return self._cases
 
     @classmethod
+    def params_spec(cls) -> dict[str, Any]:
+        """The ``params`` a suite may give, with their defaults (``inspect.Parameter.empty`` = required):
+        ``path`` and the keyword parameters of ``__init__`` along the class chain, down to the first
+        ``__init__`` without ``**params``. A suite param not listed here is refused before anything runs;
+        override (extending ``super().params_spec()``) to declare params read from ``self.params``."""
+        spec: dict[str, Any] = {}
+        for klass in cls.__mro__:
+            if klass is object:
+                break
+            init = vars(klass).get("__init__")
+            if init is None:
+                continue
+            parameters = list(inspect.signature(init).parameters.values())[1:]
+            for p in parameters:
+                if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in ("root", "cache_dir"):
+                    spec.setdefault(p.name, p.default)
+            if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+                break
+        return {"path": None, **spec}
+
+    @classmethod
     def card(cls) -> dict[str, str]:
         """What `segarena datasets show` prints: the dataset card."""
         return {"name": cls.name, "version": cls.version, "modality": cls.modality, "licence": cls.licence,
@@ -119,7 +142,8 @@ class DatasetPlugin(ABC):
         return grouped_random_split(cases, seed)
 
     def split(self, seed: int) -> Split:
-        path = self.cache_dir / "splits" / f"{self.name}-{self.content_hash()[:12]}-seed{seed}.json"
+        # checked like every path built from a name: it stays inside the cache, whatever the plugin calls itself
+        path = WorkDir.inside(self.cache_dir / "splits", f"{self.name}-{self.content_hash()[:12]}-seed{seed}.json")
         if path.exists():
             return Split.from_dict(json.loads(path.read_text()))
         split = self.make_split(self.cases(), seed)

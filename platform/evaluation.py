@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -388,7 +388,8 @@ def _time(method: MethodPlugin, cases: Sequence[Case], budget: Budget, device: t
 
 
 def predict_as_evaluated(method: MethodPlugin, images: torch.Tensor, budget: Budget, seed: int, batch_size: int,
-                         members_from: Budget | None = None, device: torch.device | None = None) -> torch.Tensor:
+                         members_from: Budget | None = None, device: torch.device | None = None,
+                         on_batch: Callable[[], None] | None = None) -> torch.Tensor:
     """The hard masks (N, C, H, W) ``evaluate`` stored for ``images`` (N, Cin, H, W) in test order: same
     batches and per-batch seeds; a budget scored on a prefix (its ``members_from`` tag, as a Budget) is
     drawn at that size and fused from the first ``budget.ensemble`` members. For ``segarena predict``."""
@@ -403,6 +404,8 @@ def predict_as_evaluated(method: MethodPlugin, images: torch.Tensor, budget: Bud
             if source.ensemble != budget.ensemble:
                 out = prefix_prediction(method, out, budget.ensemble, out.nfe * budget.ensemble // source.ensemble)
             masks.append(out.mask.bool().cpu())
+            if on_batch is not None:
+                on_batch()
     return torch.cat(masks)
 
 

@@ -35,6 +35,7 @@ def seed_scores(tracker: Tracker, suite: str | None = None) -> tuple[pd.DataFram
             raise SegarenaError(f"no suite {suite!r} in the tracking store {tracker.uri} (suites: {known})")
     ids = [e.experiment_id for e in exps]
     train_runs = tracker.runs(ids, KIND_TRAIN)
+    tuned = tracker.tuned_cells(ids)  # cells a finished search selected: "tuned (N trials, S s)"
     finished_parents = {r.info.run_id for r in train_runs
                         if r.info.status == "FINISHED" and _tag(r, "status") == STATUS_FINISHED}
     finished_cells = {_tag(r, "cell") for r in train_runs if r.info.run_id in finished_parents}
@@ -54,6 +55,7 @@ def seed_scores(tracker: Tracker, suite: str | None = None) -> tuple[pd.DataFram
         row["hd95_unit"] = per_case["hd95_unit"].iloc[0] if len(per_case) else ""
         row["n_cases"] = int(scores["n_cases"])
         row["run_id"] = run.info.run_id
+        row["tuning"] = tuned.get(_tag(run, "cell") or "", "default")
         rows.append(row)
     failures = []
     for run in sorted(train_runs, key=lambda r: -r.info.start_time):
@@ -63,18 +65,22 @@ def seed_scores(tracker: Tracker, suite: str | None = None) -> tuple[pd.DataFram
                              "error": _tag(run, "error") or "", "run_id": run.info.run_id, "cell": _tag(run, "cell")})
     failed = pd.DataFrame(failures, columns=["suite", "dataset", "method", "seed", "error", "run_id", "cell"])
     failed = failed.drop_duplicates(["cell"]).drop(columns=["cell"])
-    return pd.DataFrame(rows, columns=[*KEYS, "seed", *SCORES, *COSTS, "hd95_unit", "n_cases", "run_id"]), failed
+    return pd.DataFrame(rows, columns=[*KEYS, "seed", *SCORES, *COSTS, "hd95_unit", "n_cases", "run_id",
+                                       "tuning"]), failed
 
 
-def leaderboard(tracker: Tracker, suite: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The ranked board (mean ± std over seeds) and the failed cells."""
+def leaderboard(tracker: Tracker, suite: str | None = None, statistics: bool = True
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The ranked board (mean ± std over seeds, with confidence intervals, rank groups and rank
+    stability from the per-case rows; platform/statistics.py) and the failed cells."""
     seeds, failed = seed_scores(tracker, suite)
     if seeds.empty:
         board = pd.DataFrame(columns=["suite", "dataset", "rank", "method", "profile", "budget"])
         return board, failed
     agg = {f"{k}_{s}": (k, s) for k in (*SCORES, *COSTS) for s in ("mean", "std")}
     board = seeds.groupby(KEYS, dropna=False).agg(**agg, n_seeds=("seed", "nunique"), n_cases=("n_cases", "max"),
-                                                  hd95_unit=("hd95_unit", "first")).reset_index()
+                                                  hd95_unit=("hd95_unit", "first"),
+                                                  tuning=("tuning", "first")).reset_index()
     board = board.fillna({f"{k}_std": 0.0 for k in (*SCORES, *COSTS)})
     board = board.sort_values(["suite", "dataset", "dice_mean", "hd95_mean"], ascending=[True, True, False, True])
     board.insert(2, "rank", board.groupby(["suite", "dataset"]).cumcount() + 1)
@@ -84,7 +90,12 @@ def leaderboard(tracker: Tracker, suite: str | None = None) -> tuple[pd.DataFram
         board["failed_seeds"] = board["failed_seeds"].fillna(0).astype(int)
     else:
         board["failed_seeds"] = 0
-    return board.reset_index(drop=True), failed
+    board = board.reset_index(drop=True)
+    if statistics:
+        from segarena.platform.statistics import case_rows, with_statistics
+
+        board = with_statistics(board, case_rows(tracker, seeds))
+    return board, failed
 
 
 def display_frame(board: pd.DataFrame) -> pd.DataFrame:

@@ -62,6 +62,9 @@ class MethodPlugin(ABC):
     # augmentation the method's paper/official code uses. Declarative: training applies the suite's
     # ``augment:`` to every method alike, never this; it tells a lab which kind reproduces the paper.
     paper_augment: ClassVar[str] = "none"
+    # The ``Budget.sampler`` names ``predict`` accepts; None = the samplers of its own ``budgets()``. A suite
+    # budget with another sampler is refused before anything runs (``validate_budget``).
+    samplers: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, hparams: dict[str, Any], task: Task) -> None:
         # a copy, so a plugin never edits the suite's dict; the conformance read-tracker asks to be kept itself
@@ -85,6 +88,36 @@ class MethodPlugin(ABC):
     def budgets(cls, profile: str) -> list[Budget]:
         """Inference budgets evaluated for a profile; one-shot methods keep the default."""
         return [Budget()]
+
+    @classmethod
+    def declared_samplers(cls) -> tuple[str, ...]:
+        """``samplers``, or every sampler the plugin's own budgets use over all its profiles."""
+        if cls.samplers is not None:
+            return tuple(cls.samplers)
+        return tuple(sorted({b.sampler for p in cls.profiles() for b in cls.budgets(p)}))
+
+    @classmethod
+    def validate_hparams(cls, hparams: dict[str, Any]) -> None:
+        """Raise ``ValueError("<key>: <why>")`` when a resolved hyperparameter set cannot be right; runs on the
+        driver before any cell starts. Default: each value looks like the profiles' values of that key
+        (``segarena.platform.hparam_check``). Override to add ranges and choices, calling ``super()`` first."""
+        from segarena.platform.hparam_check import check_like_profiles
+
+        check_like_profiles(hparams, cls.profiles())
+
+    @classmethod
+    def validate_budget(cls, budget: Budget, hparams: dict[str, Any]) -> None:
+        """Raise ``ValueError`` when ``predict`` cannot honour ``budget`` under ``hparams`` (driver side,
+        before anything runs). Default: a declared sampler, ``direct`` is one step, a deterministic method
+        has one ensemble member. Override for limits such as a fixed step count."""
+        samplers = cls.declared_samplers()
+        if budget.sampler not in samplers:
+            raise ValueError(f"sampler {budget.sampler!r} is not one {cls.name} declares "
+                             f"(samplers: {', '.join(samplers)})")
+        if budget.sampler == "direct" and budget.steps != 1:
+            raise ValueError(f"the direct sampler is one forward pass: steps must be 1, not {budget.steps}")
+        if not cls.stochastic and budget.ensemble != 1:
+            raise ValueError(f"{cls.name} is deterministic: ensemble must be 1, not {budget.ensemble}")
 
     @abstractmethod
     def modules(self) -> dict[str, nn.Module]:

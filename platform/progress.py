@@ -237,8 +237,9 @@ class Progress(Callback):
     def __init__(self, total: int, concurrency: int, echo: Callable[[str], None] = print,
                  plan: Sequence[dict[str, Any]] | None = None, live: bool | None = None,
                  stream: TextIO | None = None, clock: Callable[[], float] = time.time,
-                 prior: dict[str, Any] | None = None) -> None:
+                 prior: dict[str, Any] | None = None, explain: Callable[[Any], str | None] | None = None) -> None:
         self.total, self.concurrency, self.echo = total, max(1, concurrency), echo
+        self.explain = explain  # why a trial process died, when the driver knows (e.g. a cell timeout)
         self.clock = clock
         self.t0 = clock()
         self.model = EtaModel(prior=dict(prior or {}))
@@ -397,8 +398,9 @@ class Progress(Callback):
         cell = self.cells.pop(trial.trial_id, None)
         label = cell.info.label if cell else job_info(trial.config).label
         self.failed += 1
-        self.failures.append((label, "trial crashed (see Ray logs)"))
-        self._line(self._paint("FAILED", "31") + f" {label}: trial crashed")
+        why = (self.explain(trial) if self.explain else None) or "trial crashed (see Ray logs)"
+        self.failures.append((label, why))
+        self._line(self._paint("FAILED", "31") + f" {label}: {why}")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         if self.live is not None and self.clock() - self._last_draw >= 1.0:  # tick the clocks once a second

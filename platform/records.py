@@ -105,10 +105,12 @@ class Cell:
     augment: str = "none"
     dataset_hash: str = ""  # content hash of the data served (filled in on the driver)
     dataset_label: str = ""  # the leaderboard section when one dataset plugin appears with other params
+    plugin_source_hash: str = ""  # the method plugin's own source files (platform/plugin_source.py)
 
     def training_fields(self) -> dict[str, Any]:
         return {"api": API_VERSION, "method": self.method, "profile": self.profile, "hparams": self.hparams,
-                "plugin_version": self.plugin_version, "dataset": self.dataset, "dataset_path": self.dataset_path,
+                "plugin_version": self.plugin_version, "plugin_source_hash": self.plugin_source_hash,
+                "dataset": self.dataset, "dataset_path": self.dataset_path,
                 "dataset_params": self.dataset_params, "dataset_hash": self.dataset_hash, "seed": self.seed,
                 "epochs": self.epochs, "steps_per_epoch": self.steps_per_epoch, "augment": self.augment,
                 "validation": {k: self.evaluation.get(k) for k in TRAINING_EVAL_FIELDS}}
@@ -169,6 +171,7 @@ class Settings:
     segarena_version: str
     git_sha: str
     driver: str  # this driver's id: a retried trial recognises its own earlier, crashed run
+    cell_timeout_s: float | None = None
 
     @property
     def threads(self) -> int:
@@ -257,6 +260,7 @@ class CellResult:
     dataset_hash: str
     weights: str | None = None
     card_tags: dict[str, str] = field(default_factory=dict)
+    predictions: str | None = None  # folder with one sub-folder per budget (saved masks, overlays)
 
     RESULTS_FILE = "results.json"
     PER_CASE_FILE = "per_case.parquet"
@@ -281,9 +285,11 @@ class CellResult:
         import pandas as pd
 
         d = Path(directory)
+        predictions = d / "predictions"
         meta = json.loads((d / cls.RESULTS_FILE).read_text())
         return cls(budgets=[BudgetResult(Budget(**b["budget"]), b["metrics"], b["tags"]) for b in meta["budgets"]],
                    per_case=pd.read_parquet(d / cls.PER_CASE_FILE), history=meta["history"],
                    timings=Timings(**meta["timings"]), fingerprint=meta["fingerprint"], split=meta["split"],
                    task=Task.from_dict(meta["task"]), parameters=int(meta["parameters"]),
-                   dataset_hash=meta["dataset_hash"], weights=weights, card_tags=meta.get("card_tags", {}))
+                   dataset_hash=meta["dataset_hash"], weights=weights, card_tags=meta.get("card_tags", {}),
+                   predictions=str(predictions) if predictions.exists() else None)

@@ -22,6 +22,7 @@ pass ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``.
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import os
 import pwd
@@ -165,6 +166,8 @@ class _Postgres:
                 self.log.touch()
             os.chown(self.log, self.user.pw_uid, self.user.pw_gid)
             self.log.parent.chmod(self.log.parent.stat().st_mode | 0o001)
+        if (self.data / "postmaster.pid").exists():
+            self.stop()  # left running by a `segarena server` that was killed: ours to stop
         if not (self.data / "PG_VERSION").exists():
             self.password = secrets.token_urlsafe(24)
             _write_private(password_file, self.password)
@@ -203,6 +206,12 @@ class _Postgres:
         except (SegarenaError, subprocess.TimeoutExpired):
             _run([str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"], self.user,
                  "pg_ctl stop -m immediate")
+
+
+def stop_postgres(directory: str | Path) -> None:
+    """Stop the PostgreSQL of ``directory`` if one is still running (after a killed server)."""
+    if (Path(directory) / "pg" / "data" / "postmaster.pid").exists():
+        _Postgres(Path(directory).resolve()).stop()
 
 
 def allowed_hosts(host: str, port: int) -> str:
@@ -270,6 +279,17 @@ def _stop_process(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
 
 
 @contextmanager
+def _dir_lock(directory: Path) -> Iterator[None]:
+    """One server per folder: a PostgreSQL still running there without the lock was left by a killed server."""
+    with (directory / "server.lock").open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SegarenaError(f"--dir {directory} is in use by a running `segarena server`; stop it first") from None
+        yield
+
+
+@contextmanager
 def serve(directory: str | Path, port: int | None = None, auth: bool = False, host: str = "127.0.0.1",
           workers: int = 2, allowed: str | None = None) -> Iterator[ServerHandle]:
     """Start PostgreSQL and MLflow under ``directory``; stop both on exit, whatever happens."""
@@ -282,10 +302,13 @@ def serve(directory: str | Path, port: int | None = None, auth: bool = False, ho
             s.bind((host, port))
         except OSError as exc:
             raise SegarenaError(f"--port {port} on {host} is not free ({exc.strerror})") from None
+    if auth and not os.environ.get(ADMIN_PASSWORD_ENV):
+        raise SegarenaError(f"--auth needs the MLflow admin password in ${ADMIN_PASSWORD_ENV} (there is no default)")
     artifacts = directory / "artifacts"
     artifacts.mkdir(exist_ok=True)
     log = directory / "logs" / "mlflow.log"
     with ExitStack() as stack:
+        stack.enter_context(_dir_lock(directory))
         pg = _Postgres(directory)
         stack.callback(pg.stop)
         pg.start()

@@ -206,6 +206,8 @@ def dataset_statistics(board_part: pd.DataFrame, cases: pd.DataFrame, config: St
     """The statistics of one suite × dataset: ``board_part`` gives the rows and their rank order,
     ``cases`` their per-case rows. Only cases every row has are paired; rows without cases get NaN."""
     part = board_part.sort_values("rank", kind="stable") if "rank" in board_part else board_part
+    if len(cases) and "seed" not in cases:
+        cases = cases.assign(seed="0")  # rows of one seed each
     rows = part[ROW_KEYS].reset_index(drop=True)
     rows["label"] = row_labels(rows)
     suite, dataset = str(part["suite"].iloc[0]), str(part["dataset"].iloc[0])
@@ -223,7 +225,7 @@ def dataset_statistics(board_part: pd.DataFrame, cases: pd.DataFrame, config: St
     cols = pd.DataFrame(index=range(len(rows)), columns=names, dtype=object)
     cols[[c for c in names if c != "run_ids"]] = np.nan
     cols["n_cases_paired"] = len(paired)
-    if len(cases):
+    if len(cases) and "run_id" in cases:
         ids = cases.groupby(ROW_KEYS, dropna=False)["run_id"].agg(lambda s: ",".join(sorted(set(map(str, s)))))
         cols["run_ids"] = ids.reindex(index).fillna("").to_numpy()
     else:
@@ -237,14 +239,14 @@ def dataset_statistics(board_part: pd.DataFrame, cases: pd.DataFrame, config: St
     if k_ok and len(paired):
         ok = np.flatnonzero(has)
         idx = bootstrap_indices(len(paired), config.n_resamples, config.seed)
-        for m in metrics:
-            mat = scores[m].to_numpy(float)[ok]
-            lo, hi = percentile_ci(bootstrap_means(mat, idx), config.confidence)
+        boots = {m: bootstrap_means(scores[m].to_numpy(float)[ok], idx) for m in metrics}
+        for m, boot in boots.items():
+            lo, hi = percentile_ci(boot, config.confidence)
             cols.loc[ok, f"{m}_ci_low"], cols.loc[ok, f"{m}_ci_high"] = lo, hi
         dice = scores["dice"].to_numpy(float)[ok]
         groups, p_leader = rank_groups(dice, config.alpha)
         cols.loc[ok, "rank_group"], cols.loc[ok, "p_vs_leader"] = groups, p_leader
-        ranks = bootstrap_ranks(bootstrap_means(dice, idx))
+        ranks = bootstrap_ranks(boots["dice"])
         cols.loc[ok, "rank_first_pct"] = 100.0 * (ranks == 1).mean(axis=1)
         cols.loc[ok, "rank_median"] = np.median(ranks, axis=1)
         a = (1 - config.confidence) / 2

@@ -11,13 +11,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from segarena.benchmarks.shipped import shipped_suites
 from segarena.platform.errors import PluginError, SpecError
 from segarena.platform.plugin import Budget
+from segarena.platform.plugin_source import plugin_source_hash
 from segarena.platform.records import Cell
 from segarena.platform.registry import Registry
+from segarena.platform.validate import validate_dataset, validate_method
 
 
 class _Strict(BaseModel):
@@ -76,6 +78,7 @@ class MethodSpec(_Strict):
     hparams: dict[str, Any] = {}
     budgets: _Budgets | None = None  # None: the plugin's budgets for the profile
     epochs: int | None = Field(None, ge=1)  # None: the suite's
+    search: dict[str, list[Any]] | None = None  # narrows the plugin's search_space() (needs a suite `search:`)
 
     @field_validator("budgets")
     @classmethod
@@ -92,11 +95,42 @@ class DatasetSpec(_Strict):
     params: dict[str, Any] = {}
 
 
+class SearchSpec(_Strict):
+    """``search:``: the same tuning budget for every method × dataset (platform/search.py runs it)."""
+
+    trials: int = Field(8, ge=1)  # per method × dataset, identical for every method
+    epochs: int = Field(4, ge=1)  # per trial at most (ASHA's max_t)
+    scheduler: Literal["asha", "none"] = "asha"
+    grace_epochs: int = Field(1, ge=1)
+    sampler: Literal["tpe", "random", "nsga2"] = "tpe"
+    objectives: list[Literal["val/dice", "latency_ms", "nfe"]] = Field(["val/dice"], min_length=1)
+    budgets: bool = True  # score each finished trial at every candidate budget (no retraining)
+    select: Literal["best", "pareto"] = "best"
+    max_selected: int = Field(3, ge=1)
+    seed: int = 0
+
+    @field_validator("objectives")
+    @classmethod
+    def _dice_first(cls, v: list[str]) -> list[str]:
+        if v[0] != "val/dice" or len(set(v)) != len(v):
+            raise ValueError("objectives must start with val/dice and not repeat (logged: val/dice, latency_ms, nfe)")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SearchSpec:
+        if self.grace_epochs > self.epochs:
+            raise ValueError(f"grace_epochs {self.grace_epochs} exceeds epochs {self.epochs}")
+        if self.select == "pareto" and len(self.objectives) < 2:
+            raise ValueError("select: pareto needs two objectives, e.g. [val/dice, latency_ms]")
+        return self
+
+
 class Resources(_Strict):
     workers_per_trial: int = Field(1, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
     max_concurrent_trials: int | None = Field(None, ge=1)
+    cell_timeout_s: float | None = Field(None, gt=0)  # a cell still working after this is ended and recorded failed
 
 
 class Evaluation(_Strict):
@@ -124,6 +158,7 @@ class SuiteSpec(_Strict):
     failure_retries: int = Field(0, ge=0)
     augment: Literal["none", "flips", "default"] = "none"  # training augmentation, the same for every method
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    search: SearchSpec | None = None  # None: every method runs its profile's hyperparameters (untuned)
 
     @field_validator("seeds")
     @classmethod
@@ -158,7 +193,14 @@ def _loc(loc: tuple[Any, ...]) -> str:
 def load_suite(suite: str | Path) -> tuple[SuiteSpec, Path]:
     path = resolve_suite_path(str(suite))
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}): "
+                        "save the suite as UTF-8") from exc
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read the suite file ({exc.strerror or exc})") from exc
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -180,6 +222,10 @@ def load_suite(suite: str | Path) -> tuple[SuiteSpec, Path]:
 
 def expand(spec: SuiteSpec, registry: Registry, path: Path | str = "<suite>") -> list[Cell]:
     """Cells of a validated suite; checks plugin names, profiles and hparam keys against the registry."""
+    if spec.search is not None or any(m.search is not None for m in spec.methods):
+        from segarena.platform.search import check_search
+
+        check_search(spec, registry, path)
     cells = []
     for i, m in enumerate(spec.methods):
         try:
@@ -196,7 +242,9 @@ def expand(spec: SuiteSpec, registry: Registry, path: Path | str = "<suite>") ->
             raise SpecError(f"{path}: field methods[{i}].hparams: unknown hyperparameter {unknown[0]!r} for "
                             f"{m.name}/{m.profile} (known: {', '.join(sorted(hparams))})")
         hparams.update(m.hparams)
-        budgets = [b.budget() for b in m.budgets] if m.budgets is not None else cls.budgets(m.profile)
+        budgets = budget_list(m.budgets) if m.budgets is not None else cls.budgets(m.profile)
+        validate_method(cls, i, m.profile, hparams, budgets, m.budgets is not None, path)
+        source_hash = plugin_source_hash(cls)
         for j, d in enumerate(spec.datasets):
             try:
                 registry.dataset(d.name)
@@ -209,7 +257,9 @@ def expand(spec: SuiteSpec, registry: Registry, path: Path | str = "<suite>") ->
                                   seed=seed, budgets=tuple(b.as_dict() for b in budgets),
                                   epochs=m.epochs or spec.epochs, steps_per_epoch=spec.steps_per_epoch,
                                   evaluation=spec.evaluation.model_dump(), augment=spec.augment,
-                                  dataset_label=dataset_labels(spec.datasets)[j]))
+                                  dataset_label=dataset_labels(spec.datasets)[j], plugin_source_hash=source_hash))
+    for j, d in enumerate(spec.datasets):  # names were checked above; params and task here, on the driver
+        validate_dataset(registry.dataset(d.name), j, dict(d.params), _resolve_data_path(d.path, path), path)
     labels = dataset_labels(spec.datasets)
     if len(set(labels)) != len(labels):
         raise SpecError(f"{path}: field datasets: two entries share the label {labels[0]!r}: give each a `label:`")

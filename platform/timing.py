@@ -1,4 +1,4 @@
-"""Sampling cost under the timing contract (DESIGN.md, specs/metrics.md §4).
+"""Sampling cost under the timing contract (docs/contracts.md, "Timing").
 
 Latency: batch 1, input already on device, until the fused mask is on device; inference mode,
 warm-up first, synchronised on GPU, median over repeats (+ IQR, p90). Throughput at a fixed batch.
@@ -26,7 +26,6 @@ class Timing:
     throughput_batch: int
     peak_mem_mb: float
     peak_mem_kind: str  # cuda_max_allocated | cpu_max_rss
-    repeats: int
 
     def metrics(self) -> dict[str, float]:
         return {"latency_ms": self.latency_ms, "latency_iqr_ms": self.latency_iqr_ms,
@@ -77,4 +76,4 @@ def time_method(method: MethodPlugin, images: torch.Tensor, budget: Budget, *, w
     q1, med, q3, p90 = np.percentile(lat * 1000, [25, 50, 75, 90])
     return Timing(latency_ms=float(med), latency_iqr_ms=float(q3 - q1), latency_p90_ms=float(p90),
                   throughput_ips=float(len(batch) / t_batch), throughput_batch=len(batch), peak_mem_mb=float(peak),
-                  peak_mem_kind=kind, repeats=repeats)
+                  peak_mem_kind=kind)

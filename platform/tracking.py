@@ -15,7 +15,9 @@ copied work dir works, and ``mlflow server --serve-artifacts`` on it shows them.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -33,10 +35,13 @@ from segarena.platform.workdir import ARTIFACT_SCHEME, WorkDir, experiment_locat
 
 T = TypeVar("T")
 PREFIX = "segarena."
-KIND_TRAIN, KIND_EVAL = "train", "eval"
+KIND_TRAIN, KIND_EVAL, KIND_DRIVER = "train", "eval", "driver"
 STATUS_RUNNING, STATUS_FINISHED, STATUS_FAILED = "running", "finished", "failed"
 ORPHAN_ERROR = "orphaned: the driver stopped before this cell finished"
 RETRIED_ERROR = "trial process crashed; retried"
+CRASHED_ERROR = "trial process crashed"
+INTERRUPTED_ERROR = "interrupted: the driver was stopped (Ctrl-C)"
+LEASE_S = 60.0  # a driver whose heartbeat is older than this is gone: its RUNNING runs are orphans
 PER_CASE = "per_case.parquet"
 PER_CASE_PREVIEW = "per_case.csv"  # the MLflow UI previews CSV as a table
 MODEL_DIR = "model"
@@ -90,6 +95,19 @@ def _tag(run: Any, name: str) -> str | None:
     return run.data.tags.get(PREFIX + name)
 
 
+def _gone_here(driver_run: Any) -> bool:
+    """A driver recorded on this host whose process no longer exists."""
+    if _tag(driver_run, "host") != socket.gethostname() or not (_tag(driver_run, "pid") or "").isdigit():
+        return False
+    try:
+        os.kill(int(_tag(driver_run, "pid")), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 def best_budget(evals: Iterable[Any]) -> Any | None:
     """The finished evaluation with the highest Dice (lower HD95 breaks ties), or None."""
     done = [r for r in evals if r.info.status == "FINISHED" and "dice" in r.data.metrics]
@@ -106,6 +124,7 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.workdir = workdir
         self.embedded = workdir is not None and tracking_uri == workdir.tracking_uri
+        self._tables: dict[tuple[str, str], pd.DataFrame] = {}
 
     # experiments ------------------------------------------------------------------------
     def experiment(self, suite: str, create: bool = True, description: str = "") -> str | None:
@@ -150,21 +169,65 @@ class Tracker:
         return {(_tag(r, "parent"), _tag(r, "eval_key")) for r in self.runs([experiment_id], KIND_EVAL)
                 if r.info.status == "FINISHED" and _tag(r, "status") == STATUS_FINISHED}
 
-    def mark_orphans(self, experiment_id: str) -> list[str]:
-        """Runs left RUNNING by a driver that died: marked FAILED, never counted."""
+    def tuned_cells(self, experiment_ids: Iterable[str]) -> dict[str, str]:
+        """Training key → ``tuned (N trials, S s)`` for the cells a finished search selected (platform/search.py
+        writes the ``search`` runs); every other cell is ``default`` on the leaderboard."""
+        out: dict[str, str] = {}
+        for r in sorted(self.runs(experiment_ids, "search"), key=lambda r: r.info.start_time):
+            if r.info.status != "FINISHED" or _tag(r, "status") != STATUS_FINISHED:
+                continue
+            label = (f"tuned ({r.data.metrics.get('trials', 0):.0f} trials, "
+                     f"{r.data.metrics.get('search_trial_s', 0):.0f} s)")
+            out.update(dict.fromkeys([k for k in (_tag(r, "tuned_cells") or "").split(",") if k], label))
+        return out
+
+    # drivers: a lease in the store, so drivers sharing a store never take each other's live cells ---------
+    def start_driver(self, experiment_id: str, suite: str, driver: str, host: str) -> str:
+        run = _retry(lambda: self.client.create_run(
+            experiment_id, run_name=f"driver-{host}-{driver}",
+            tags={f"{PREFIX}kind": KIND_DRIVER, f"{PREFIX}suite": suite, f"{PREFIX}driver": driver,
+                  f"{PREFIX}host": host, f"{PREFIX}pid": str(os.getpid()), f"{PREFIX}heartbeat": str(time.time())}))
+        return run.info.run_id
+
+    def heartbeat(self, driver_run_id: str) -> None:
+        self.set_tags(driver_run_id, {f"{PREFIX}heartbeat": str(time.time())})
+
+    def stop_driver(self, driver_run_id: str) -> None:
+        _retry(lambda: self.client.set_terminated(driver_run_id, "FINISHED"))
+
+    def live_drivers(self, experiment_id: str, lease_s: float = LEASE_S) -> list[Any]:
+        """Driver runs whose heartbeat is recent, oldest first; a driver of this machine whose process is
+        gone is dead at once (a killed driver's rerun need not wait for its lease to run out)."""
+        now = time.time()
+        runs = [r for r in self.runs([experiment_id], KIND_DRIVER) if r.info.status == "RUNNING"
+                and now - float(_tag(r, "heartbeat") or 0) < lease_s and not _gone_here(r)]
+        return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
+
+    def mark_orphans(self, experiment_id: str, lease_s: float = LEASE_S) -> list[str]:
+        """Runs left RUNNING by a driver that is gone (no live lease): marked FAILED, never counted.
+        Runs of a live driver (another suite's, or another work dir's on a shared server) are left alone."""
+        live = {_tag(r, "driver") for r in self.live_drivers(experiment_id, lease_s)}
+        for r in self.runs([experiment_id], KIND_DRIVER):
+            if r.info.status == "RUNNING" and _tag(r, "driver") not in live:
+                _retry(lambda r=r: self.client.set_terminated(r.info.run_id, "KILLED"))
         orphans = [r.info.run_id for kind in (KIND_TRAIN, KIND_EVAL) for r in self.runs([experiment_id], kind)
-                   if r.info.status == "RUNNING"]
+                   if r.info.status == "RUNNING" and _tag(r, "driver") not in live]
         for run_id in orphans:
             self.fail_run(run_id, ORPHAN_ERROR)
         return orphans
 
+    def fail_driver_runs(self, experiment_id: str, driver: str, error: str, cell_key: str | None = None) -> list[str]:
+        """This driver's RUNNING runs (of one cell, or all): a crashed trial, an interrupted run."""
+        stale = [r.info.run_id for kind in (KIND_TRAIN, KIND_EVAL) for r in self.runs([experiment_id], kind)
+                 if r.info.status == "RUNNING" and _tag(r, "driver") == driver
+                 and (cell_key is None or _tag(r, "cell") == cell_key)]
+        for run_id in stale:
+            self.fail_run(run_id, error)
+        return stale
+
     def mark_retried(self, experiment_id: str, cell_key: str, driver: str) -> list[str]:
         """This driver's own earlier runs of a cell still RUNNING: a crashed trial that Tune retries."""
-        stale = [r.info.run_id for r in self.runs([experiment_id], KIND_TRAIN)
-                 if r.info.status == "RUNNING" and _tag(r, "cell") == cell_key and _tag(r, "driver") == driver]
-        for run_id in stale:
-            self.fail_run(run_id, RETRIED_ERROR)
-        return stale
+        return self.fail_driver_runs(experiment_id, driver, RETRIED_ERROR, cell_key)
 
     # one training -------------------------------------------------------------------------
     def start_training(self, experiment_id: str, cell: Cell, tags: dict[str, str]) -> str:
@@ -178,9 +241,27 @@ class Tracker:
         return run_id
 
     def fail_run(self, run_id: str, error: str) -> None:
+        """FAILED with its error; a training's finished evaluations go with it (a half-logged cell leaves
+        no FINISHED evaluation under a FAILED parent)."""
         tags = [RunTag(f"{PREFIX}status", STATUS_FAILED), RunTag(f"{PREFIX}error", error[:4900])]
         _retry(lambda: self.client.log_batch(run_id, tags=tags, synchronous=True))
         _retry(lambda: self.client.set_terminated(run_id, "FAILED"))
+        if _tag(self.client.get_run(run_id), "kind") == KIND_TRAIN:
+            self._fail_children(run_id, f"its training run failed: {error}")
+
+    def _fail_children(self, run_id: str, error: str) -> None:
+        run = self.client.get_run(run_id)
+        tags = [RunTag(f"{PREFIX}status", STATUS_FAILED), RunTag(f"{PREFIX}error", error[:4900])]
+        for child in self.runs([run.info.experiment_id], KIND_EVAL):
+            if _tag(child, "parent") == run_id and child.info.status != "FAILED":
+                _retry(lambda c=child: self.client.log_batch(c.info.run_id, tags=tags, synchronous=True))
+                _retry(lambda c=child: self.client.set_terminated(c.info.run_id, "FAILED"))
+
+    def _check_not_failed(self, run_id: str) -> None:
+        run = self.client.get_run(run_id)
+        if run.info.status == "FAILED" or _tag(run, "status") == STATUS_FAILED:
+            raise StoreError(f"run {run_id} was marked failed ({_tag(run, 'error') or 'no error'}) while this "
+                             "process was logging it: not finished")
 
     def finish_training(self, experiment_id: str, run_id: str, cell: Cell, tags: dict[str, str],
                         result: CellResult, files: dict[str, Any], harness: dict[str, float]) -> list[str]:
@@ -193,16 +274,23 @@ class Tracker:
         self._put(run_id, {**files, "harness.json": harness})
         if result.weights:
             self._put_dir(run_id, Path(result.weights), MODEL_DIR)
-        children = self.log_evaluations(experiment_id, run_id, cell, tags, result.budgets, result.per_case,
-                                        files.get("environment.json", {}))
-        self._finish(run_id)
+        try:
+            children = self.log_evaluations(experiment_id, run_id, cell, tags, result.budgets, result.per_case,
+                                            files.get("environment.json", {}), result.predictions)
+            self._finish(run_id)
+        except StoreError:  # marked failed meanwhile: whatever this process logged under it goes too
+            self._fail_children(run_id, "its training run failed while it was being logged")
+            raise
         return children
 
     def log_evaluations(self, experiment_id: str, parent_id: str, cell: Cell, tags: dict[str, str],
-                        budgets: list[BudgetResult], per_case: pd.DataFrame, environment: dict[str, Any]) -> list[str]:
-        """One nested FINISHED run per budget, then the parent's ``best/*`` from all its evaluations."""
+                        budgets: list[BudgetResult], per_case: pd.DataFrame, environment: dict[str, Any],
+                        predictions: str | None = None) -> list[str]:
+        """One nested FINISHED run per budget (with its saved masks and overlay images under
+        ``predictions/``), then the parent's ``best/*`` from all its evaluations."""
         child_ids = []
         for res in budgets:
+            self._check_not_failed(parent_id)
             b = res.budget
             child = _retry(lambda b=b, res=res: self.client.create_run(
                 experiment_id, run_name=f"{cell.method}-{cell.dataset_label or cell.dataset}-s{cell.seed}-{b.name}",
@@ -218,6 +306,8 @@ class Tracker:
             self.log_metrics(cid, res.metrics)
             table = per_case[per_case["budget"] == b.name]
             self._put(cid, {PER_CASE: table, PER_CASE_PREVIEW: table, "environment.json": environment})
+            if predictions and (Path(predictions) / b.name).is_dir():
+                self._put_dir(cid, Path(predictions) / b.name, "predictions")
             self._finish(cid)
             child_ids.append(cid)
         self.update_best(parent_id)
@@ -237,6 +327,12 @@ class Tracker:
 
     # small writes ---------------------------------------------------------------------------
     def _finish(self, run_id: str) -> None:
+        """FINISHED last; never over a run another driver already marked failed (a late write of a
+        driver that was taken for dead must not bring its cell back)."""
+        run = self.client.get_run(run_id)
+        if run.info.status != "RUNNING" or _tag(run, "status") == STATUS_FAILED:
+            raise StoreError(f"run {run_id} was marked {run.info.status.lower()} ({_tag(run, 'error') or 'no error'})"
+                             " while this process was logging it: not finished")
         self.set_tags(run_id, {f"{PREFIX}status": STATUS_FINISHED})
         _retry(lambda: self.client.set_terminated(run_id, "FINISHED"))
 
@@ -321,6 +417,13 @@ class Tracker:
             raise StoreError(f"run {run_id}: cannot read artifact {path!r}: {_first_line(exc)}") from exc
 
     def load_table(self, run_id: str, name: str = PER_CASE) -> pd.DataFrame:
+        """A run's table; read once per Tracker (the leaderboard and its statistics read the same ones)."""
+        key = (run_id, name)
+        if key not in self._tables:
+            self._tables[key] = self._read_table(run_id, name)
+        return self._tables[key].copy()
+
+    def _read_table(self, run_id: str, name: str) -> pd.DataFrame:
         with tempfile.TemporaryDirectory() as tmp:
             local = self.fetch(run_id, name, Path(tmp))
             try:

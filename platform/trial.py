@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -31,22 +33,70 @@ def job_resources(config: dict[str, Any]) -> Any:
     return resource_dict_to_pg_factory(Job.from_wire(config["job"]).resources())
 
 
+def timeout_message(seconds: float) -> str:
+    return f"timed out after {seconds:g} s (resources.cell_timeout_s)"
+
+
+def _watchdog(job: Job, tracker: Tracker, workdir: WorkDir) -> threading.Timer | None:
+    """End this trial's process once the cell's time is up: a hung plugin (in Python or in C) cannot be
+    interrupted any other way. Its runs are recorded failed first, and a marker keeps a retry from
+    starting it again; the process exit frees the trial's resources (and its Train workers)."""
+    s = job.settings
+    if not s.cell_timeout_s:
+        return None
+
+    def expire() -> None:
+        message = timeout_message(s.cell_timeout_s)
+        workdir.timeout_marker(job.cell.key).parent.mkdir(parents=True, exist_ok=True)
+        workdir.timeout_marker(job.cell.key).write_text(s.driver)
+        try:
+            tracker.fail_driver_runs(s.experiment_id, s.driver, message, job.cell.key)
+        finally:
+            os._exit(3)
+
+    timer = threading.Timer(s.cell_timeout_s, expire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def timed_out_before(job: Job, workdir: WorkDir) -> bool:
+    marker = workdir.timeout_marker(job.cell.key)
+    return marker.exists() and marker.read_text() == job.settings.driver
+
+
 def run_job(config: dict[str, Any]) -> None:
     """Tune function trainable; ``config = {"job": Job.to_wire()}``."""
     from ray import tune
 
     t0 = time.time()
     job = Job.from_wire(config["job"])
-    s, cell = job.settings, job.cell
+    s = job.settings
     workdir = WorkDir(Path(s.workdir))
     tracker = Tracker(s.tracking_uri, workdir)
+    if timed_out_before(job, workdir):  # Tune retried a trial the watchdog ended: it stays failed
+        tune.report({"cell_status": "failed", "action": job.kind, "error": timeout_message(s.cell_timeout_s or 0)})
+        return
+    timer = _watchdog(job, tracker, workdir)
+    try:
+        _run(job, tracker, workdir, t0)
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
+def _run(job: Job, tracker: Tracker, workdir: WorkDir, t0: float) -> None:
+    from ray import tune
+
+    s, cell = job.settings, job.cell
     tags = {**cell_tags(cell, s.segarena_version, s.git_sha), f"{PREFIX}driver": s.driver}
     if job.kind == "evaluate":
         try:
             weights = tracker.fetch(job.train_run_id, "model", workdir.model_dir(job.train_run_id))
-            result = guarded(evaluate_stored, job, weights)
-            tracker.log_evaluations(s.experiment_id, job.train_run_id, cell, tags, result.budgets, result.per_case,
-                                    result.fingerprint)
+            with tempfile.TemporaryDirectory() as tmp:
+                result = guarded(evaluate_stored, job, weights, Path(tmp))
+                tracker.log_evaluations(s.experiment_id, job.train_run_id, cell, tags, result.budgets,
+                                        result.per_case, result.fingerprint, result.predictions)
         except Exception as exc:  # the stored training stays FINISHED; these budgets are retried next run
             tune.report({"cell_status": "failed", "action": "evaluate", "error": error_line(exc)})
             return

@@ -7,9 +7,11 @@ Everything segarena writes on a machine goes under one root, by default ``./sega
                   (``mlflow-artifacts:/<suite>/<run>/artifacts/...``), so a copied work dir keeps working
     cache/        preprocessed datasets (shared by every cell; safe to delete)
     ray/          Ray Tune / Train storage; ray/cells/<key>/ the checkpoint of a running one-worker cell
+                  ray/search/<key>/ the Tune experiment of one hyperparameter search
     models/       weights downloaded from the store for evaluation on this machine
     locks/        one lock file per suite: one driver per suite and work dir
     eta.json      per-method step costs measured by the last run (the next run's first ETA)
+    reports/      one self-contained HTML report per suite
 
 No other module builds these paths. Importing this module stays cheap (no torch, no mlflow).
 """
@@ -60,6 +62,11 @@ class WorkDir:
     def models(self) -> Path:
         return self.root / "models"
 
+    def report(self, suite: str) -> Path:
+        """The suite's self-contained HTML report (``segarena report``)."""
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in suite) or "suite"
+        return self.root / "reports" / f"{safe}.html"
+
     def lock(self, suite: str) -> Path:
         return self.inside(self.root / "locks", f"{suite}.lock")
 
@@ -74,6 +81,10 @@ class WorkDir:
         """The latest checkpoint of a one-worker cell while it trains (deleted once it is recorded)."""
         return self.inside(self.ray_storage / "cells", cell_key)
 
+    def timeout_marker(self, cell_key: str) -> Path:
+        """Written when a cell's time ran out (holds the driver id), so a retried trial does not restart it."""
+        return self.inside(self.ray_storage / "timeouts", cell_key)
+
     def clear_cell_checkpoint(self, cell_key: str) -> None:
         import shutil
 
@@ -81,6 +92,10 @@ class WorkDir:
 
     def model_dir(self, run_id: str) -> Path:
         return self.inside(self.models, run_id)
+
+    def search_dir(self, search_key: str) -> Path:
+        """Ray Tune's storage for one search (method × dataset): ``ray/search/<search key>``."""
+        return self.inside(self.ray_storage / "search", search_key)
 
     @staticmethod
     def inside(base: Path, *parts: str) -> Path:

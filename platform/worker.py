@@ -30,6 +30,7 @@ from segarena.platform.registry import discover
 from segarena.platform.weights import load_model, load_state, save_atomic, save_model
 
 CHECKPOINT_FILE = "checkpoint.pt"
+PREDICTIONS_DIR = "predictions"  # <budget>/predictions.npz and <budget>/overlays/*.png (platform/predictions.py)
 ERROR_MARK = "SEGARENA_CELL_ERROR:"
 
 
@@ -176,16 +177,18 @@ def _open(job: Job) -> tuple[Any, CellData]:
 
 
 def _result(method: MethodPlugin, data: CellData, job: Job, device: torch.device, history: list[dict[str, Any]],
-            timings: Timings, weights: str | None) -> CellResult:
+            timings: Timings, weights: str | None, out_dir: Path) -> CellResult:
     t0 = time.time()
+    predictions = out_dir / PREDICTIONS_DIR
     per_case, results = evaluate(method, data.cases("test"), list(job.budgets), data.task, device, job.cell.seed,
-                                 job.cell.evaluation)
+                                 job.cell.evaluation, predictions_dir=predictions)
     timings.eval_s, timings.evaluated_at = time.time() - t0, time.time()
     card = getattr(method, "card_tags", None)
     return CellResult(budgets=_budget_results(results), per_case=per_case, history=history, timings=timings,
                       fingerprint=fingerprint(device), split=data.split.as_dict(), task=data.task,
                       parameters=method.num_parameters(), dataset_hash=data.dataset.content_hash(), weights=weights,
-                      card_tags=dict(card()) if callable(card) else {})
+                      card_tags=dict(card()) if callable(card) else {},
+                      predictions=str(predictions) if predictions.exists() else None)
 
 
 def guarded(fn: Any, *args: Any) -> Any:
@@ -245,17 +248,18 @@ def train_and_evaluate(job: Job, session: Session, out_dir: Path) -> CellResult 
         return None
     with bare_modules(method) as bare:
         weights = save_model(out_dir / "model", bare, cell, data.task)
-        return _result(bare, data, job, device, history, timings, str(weights))
+        return _result(bare, data, job, device, history, timings, str(weights), out_dir)
 
 
-def evaluate_stored(job: Job, weights: Path) -> CellResult:
+def evaluate_stored(job: Job, weights: Path, out_dir: Path) -> CellResult:
     """Evaluate ``job.budgets`` on the weights of a finished training: nothing is trained."""
     t_start = time.time()
     torch.set_num_threads(job.settings.threads)
     device = _device(job.settings.device)
     registry, data = _open(job)
     method = load_model(weights, registry, device)
-    return _result(method, data, job, device, [], Timings(started_at=t_start, setup_s=time.time() - t_start), None)
+    return _result(method, data, job, device, [], Timings(started_at=t_start, setup_s=time.time() - t_start), None,
+                   out_dir)
 
 
 def train_cell(config: dict[str, Any]) -> None:

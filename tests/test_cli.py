@@ -119,7 +119,7 @@ def test_datasets_list_groups_the_unavailable_ones_with_variable_and_page(capsys
 def test_datasets_show_says_where_to_get_data_that_is_missing(capsys, monkeypatch):
     monkeypatch.delenv("SEGARENA_KVASIR_ROOT", raising=False)
     code, out, _ = run_cli(capsys, "datasets", "show", "kvasir-seg")
-    assert code == 1
+    assert code == 2  # missing data: the same exit code as any bad input
     assert "https://datasets.simula.no/kvasir-seg/" in out and "$SEGARENA_KVASIR_ROOT (not set)" in out
     assert "Kvasir-SEG/" in out and "masks/<id>.jpg" in out and "unavailable" in out
 

@@ -148,6 +148,18 @@ def test_png_export_with_matplotlib(data, tmp_path):
         _png_ok(p)
 
 
+def test_png_export_falls_back_to_matplotlib_without_a_browser(data, tmp_path, monkeypatch, capsys):
+    from segarena.dashboards import png
+
+    monkeypatch.setattr(png, "find_chromium", lambda: None)
+    figs = [f for f in report_figures(data, CONFIG) if f[1] == "significance"][:1]
+    res = write_pngs(figs, tmp_path, engine="auto")
+    assert res.engine == "matplotlib" and "no Chromium" in res.note and "no Chromium" in capsys.readouterr().err
+    _png_ok(res.paths[0])
+    with pytest.raises(RuntimeError, match="no Chromium"):
+        write_pngs(figs, tmp_path, engine="kaleido")
+
+
 def test_png_export_with_kaleido_and_the_system_chromium(data, tmp_path):
     import os
 
@@ -219,6 +231,12 @@ def test_latex_booktabs_bold_best_and_escaped(board):
 def test_cli_report_module_is_light():
     code = ("import sys, segarena.platform.cli_report; heavy = {'pandas', 'plotly', 'torch', 'mlflow'} & "
             "set(sys.modules); assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_reading_the_store_for_a_report_imports_no_torch():
+    code = ("import sys, segarena.dashboards.report, segarena.dashboards.png, segarena.platform.leaderboard; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -140,3 +140,19 @@ def test_methods_import_diffusers_lazily():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             eager += [f"{path.name}: {n}" for n in names if n.split(".")[0] in ("diffusers", "safetensors")]
     assert not eager, eager
+
+
+def test_clipped_ddim_step_uses_the_noise_of_the_clipped_x0():
+    """guided-diffusion's DDIM (MedSegDiff's code base): x_prev = √ᾱ_prev·clip(x̂0) + √(1-ᾱ_prev)·ε(clip(x̂0)).
+    MONAI's stock step pairs clip(x̂0) with the raw ε̂ instead."""
+    scheduler = SCHEDULES["medsegdiff"][1]()
+    scheduler.set_timesteps(10)
+    t, prev = 49, 39
+    g = torch.Generator().manual_seed(0)
+    x_t, eps = torch.randn(2, 1, 8, 8, generator=g), 3 * torch.randn(2, 1, 8, 8, generator=g)
+    a, a_prev = scheduler.alphas_cumprod[t], scheduler.alphas_cumprod[prev]
+    x0 = ((x_t - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1)
+    assert (x0.abs() == 1).float().mean() > 0.2, "the test needs x̂0 outside [-1, 1]"
+    expected = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+    out, pred_x0 = scheduler.step(eps, t, x_t)
+    assert torch.allclose(pred_x0, x0, atol=1e-5) and torch.allclose(out, expected, atol=1e-5)

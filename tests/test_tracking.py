@@ -231,3 +231,51 @@ def test_reading_the_store_never_imports_torch():
             "bad = [m for m in ('torch', 'ray', 'monai') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_a_live_driver_keeps_its_cells_and_a_dead_one_loses_them(tracker, suite):
+    """Orphans are the runs of drivers without a live lease: another live driver's cells are left alone."""
+    import socket
+
+    exp = tracker.experiment(suite)
+    live = tracker.start_driver(exp, suite, "live-driver", socket.gethostname())
+    dead = tracker.start_driver(exp, suite, "dead-driver", socket.gethostname())
+    tracker.set_tags(dead, {"segarena.pid": "999999999"})  # no such process on this machine
+    mine, theirs = make_cell(suite, seed=0), make_cell(suite, seed=1)
+    kept = tracker.start_training(exp, mine, {**cell_tags(mine, "0", "x"), "segarena.driver": "live-driver"})
+    lost = tracker.start_training(exp, theirs, {**cell_tags(theirs, "0", "x"), "segarena.driver": "dead-driver"})
+    assert [r.data.tags["segarena.driver"] for r in tracker.live_drivers(exp)] == ["live-driver"]
+    assert tracker.mark_orphans(exp) == [lost]
+    assert tracker.client.get_run(kept).info.status == "RUNNING"
+    tracker.stop_driver(live)
+    assert tracker.live_drivers(exp) == []
+
+
+def test_a_second_driver_of_a_suite_is_refused_by_the_store(tracker, suite):
+    from segarena.platform.errors import SegarenaError
+    from segarena.platform.runner import _Lease
+
+    exp = tracker.experiment(suite)
+    first = _Lease(tracker, exp, suite, "d1", every_s=0.2)
+    try:
+        with pytest.raises(SegarenaError, match="already running: driver d1"):
+            _Lease(tracker, exp, suite, "d2")
+    finally:
+        first.release()
+    _Lease(tracker, exp, suite, "d3").release()  # free again once the first one is gone
+
+
+def test_a_late_finish_cannot_bring_back_a_run_marked_failed(tracker, suite):
+    from segarena.platform.errors import StoreError
+
+    exp = tracker.experiment(suite)
+    cell = make_cell(suite)
+    tags = cell_tags(cell, "0", "x")
+    run_id = tracker.start_training(exp, cell, tags)
+    tracker.fail_run(run_id, ORPHAN_ERROR)  # another driver took this one's driver for dead
+    with pytest.raises(StoreError, match="not finished"):
+        tracker.finish_training(exp, run_id, cell, tags, result({"direct-e1": (Budget(), [0.5], 0.5)}),
+                                {"environment.json": {}}, {})
+    assert tracker.client.get_run(run_id).info.status == "FAILED"
+    children = [r for r in tracker.runs([exp], KIND_EVAL) if r.data.tags["segarena.parent"] == run_id]
+    assert not [r for r in children if r.info.status == "FINISHED"]  # nothing counted under the failed parent

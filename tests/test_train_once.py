@@ -22,6 +22,7 @@ class TracedMethod(MethodPlugin):
     name = "traced"
     version = "0.0.1"
     denoiser = "net"
+    stochastic = True  # its predictions add a little generator noise
 
     def __init__(self, hparams, task):
         super().__init__(hparams, task)

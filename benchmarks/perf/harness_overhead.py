@@ -1,9 +1,10 @@
 """Per-cell harness overhead against the cell's compute, measured on a real suite run.
 
 Runs SUITE (default: the shipped `default`) in a fresh work dir on a local Ray, then reads the
-`harness/*` metrics each cell logged: Ray Train controller + worker-group start, data and plugin
-setup in the worker, compute (training + evaluation), hand-back to the trial, MLflow logging.
-Writes benchmarks/perf/results/harness_overhead.{json,md}.
+`harness.json` each training run stored: worker start (in the trial's own process for one-worker
+cells; Ray Train's controller + worker group for several), data and plugin setup, compute
+(training + evaluation), hand-back to the trial, MLflow logging. Harness efficiency =
+Σ compute / (driver wall × concurrent slots). Writes benchmarks/perf/results/harness_overhead.{json,md}.
 
     .venv/bin/python benchmarks/perf/harness_overhead.py [SUITE]
 """
@@ -45,12 +46,12 @@ def ray_train_floor(storage: str, n: int = 4) -> list[float]:
     import ray
     from ray import tune
 
-    from segarena.platform.runner import RAY_ENV, TRIAL_RESOURCES
+    from segarena.platform.ray_cluster import RAY_ENV
 
     os.environ.update({k: os.environ.get(k, v) for k, v in RAY_ENV.items()})
     ray.init(num_cpus=os.cpu_count(), log_to_driver=False, logging_level="WARNING")
     try:
-        grid = tune.Tuner(tune.with_resources(_noop_trial, TRIAL_RESOURCES),
+        grid = tune.Tuner(tune.with_resources(_noop_trial, {"cpu": 0, "memory": 64 * 2**20}),
                           param_space={"i": tune.grid_search(list(range(n))), "storage": storage},
                           tune_config=tune.TuneConfig(max_concurrent_trials=1),
                           run_config=tune.RunConfig(storage_path=storage, verbose=0)).fit()
@@ -64,23 +65,30 @@ def main(suite: str = "default") -> dict:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from segarena.platform.fingerprint import fingerprint
     from segarena.platform.runner import run_suite
-    from segarena.platform.tracking import KIND_TRAIN, Tracker, default_tracking_uri
+    from segarena.platform.tracking import KIND_TRAIN, Tracker
+    from segarena.platform.workdir import WorkDir
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.time()
-        summary = run_suite(suite, tmp, echo=lambda _: None)
+        lines_seen: list[str] = []
+        summary = run_suite(suite, tmp, echo=lines_seen.append)
         driver_s = time.time() - t0
-        tracker = Tracker(default_tracking_uri(Path(tmp)))
+        wd = WorkDir.at(tmp)
+        tracker = Tracker(wd.tracking_uri, wd)
         rows = []
         for run in tracker.runs([summary.experiment_id], KIND_TRAIN):
-            m = run.data.metrics
+            h = tracker.load_json(run.info.run_id, "harness.json")
             rows.append({"cell": f"{run.data.tags['segarena.method']} × {run.data.tags['segarena.dataset']}",
-                         **{p: round(m.get(f"harness/{p}", float("nan")), 2) for p in PARTS}})
+                         **{p: round(h.get(p, float("nan")), 2) for p in PARTS}})
+        slots = next((int(ln.split(" cell(s) at a time")[0].rsplit("·", 1)[1]) for ln in lines_seen
+                      if " cell(s) at a time" in ln), 1)
         floor = ray_train_floor(str(Path(tmp) / "floor"))
     rows.sort(key=lambda r: r["cell"])
     overhead = sum(r["overhead_s"] for r in rows)
     compute = sum(r["compute_s"] for r in rows)
-    result = {"suite": suite, "cells": rows, "ray_start_s": round(summary.ray_start_s, 2),
+    result = {"suite": suite, "cells": rows, "ray_start_s": round(summary.ray_start_s, 2), "slots": slots,
+              "harness_efficiency": round(compute / (driver_s * slots), 3),
+              "median_overhead_s": round(statistics.median(r["overhead_s"] for r in rows), 2),
               "driver_wall_s": round(driver_s, 1), "sum_overhead_s": round(overhead, 1),
               "sum_compute_s": round(compute, 1), "overhead_to_compute": round(overhead / max(compute, 1e-9), 2),
               "ray_train_noop_trainer_s": [round(f, 2) for f in floor],
@@ -91,7 +99,9 @@ def main(suite: str = "default") -> dict:
     lines = [f"# Harness overhead per cell — suite `{suite}`", "",
              f"Ray start {result['ray_start_s']} s · driver wall {result['driver_wall_s']} s · "
              f"Σ overhead {result['sum_overhead_s']} s vs Σ compute {result['sum_compute_s']} s "
-             f"(ratio {result['overhead_to_compute']}) · load average at end {result['load_average_at_end'][0]:.1f}",
+             f"(ratio {result['overhead_to_compute']}) · harness efficiency Σ compute / (wall × {slots} slots) "
+             f"{result['harness_efficiency']} · median per-cell overhead {result['median_overhead_s']} s · "
+             f"load average at end {result['load_average_at_end'][0]:.1f}",
              "", f"Ray Train's own floor: a TorchTrainer (1 worker) whose loop does nothing takes "
              f"{statistics.median(floor):.1f} s wall (median of {len(floor)}, one at a time).",
              "", "| cell | " + " | ".join(PARTS) + " |", "|---|" + "---|" * len(PARTS)]

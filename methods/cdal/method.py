@@ -80,6 +80,7 @@ class CDALMethod(MethodPlugin):
     denoiser: ClassVar[str] = "generator"
     headline_loss: ClassVar[str | None] = "g_mse"  # the generator's x0 loss; d_* are discriminator terms
     paper_augment: ClassVar[str] = "default"  # MoNuSeg script: flips, RandomAffine(22°, 0.75-1.25), ColorJitter
+    samplers: ClassVar[tuple[str, ...]] = ("posterior",)  # T posterior-sampling steps, T fixed by training
 
     def __init__(self, hparams: dict[str, Any], task: Task) -> None:
         super().__init__(hparams, task)
@@ -116,6 +117,19 @@ class CDALMethod(MethodPlugin):
     def budgets(cls, profile: str) -> list[Budget]:
         p = PROFILES[profile]
         return [Budget(steps=p["T"], ensemble=e, sampler="posterior") for e in ENSEMBLES[profile]]
+
+    @classmethod
+    def validate_hparams(cls, hparams: dict[str, Any]) -> None:
+        super().validate_hparams(hparams)
+        schedule = ChainMap(hparams, _COMMON)["lr_schedule"]
+        if schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule: {schedule!r} not in {LR_SCHEDULES}")
+
+    @classmethod
+    def validate_budget(cls, budget: Budget, hparams: dict[str, Any]) -> None:
+        super().validate_budget(budget, hparams)
+        if budget.steps != int(hparams["T"]):
+            raise ValueError(f"cDAL samples with the T={hparams['T']} steps it trains with, not {budget.steps}")
 
     def modules(self) -> dict[str, nn.Module]:
         return {"generator": self.generator, "discriminator": self.discriminator}

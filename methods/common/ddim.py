@@ -7,6 +7,10 @@ t = 888 for a latent that is at level 899 after the first step, and the last cal
 exactly the grid ``step`` assumes (k must divide T). The chain starts at t = T-1 on pure noise,
 where single-step SDSeg also starts, and ends at ᾱ = 1 (``set_alpha_to_one``).
 
+With ``clip_sample`` (pixel-space masks in [-1, 1]) the ε that points back to x_t is recomputed from
+the *clipped* x̂0, as guided-diffusion's DDIM does (MedSegDiff's official code base); MONAI's ``step``
+pairs the clipped x̂0 with the raw ε̂, an inconsistent pair whose error grows with the number of steps.
+
 η = 0 is deterministic DDIM; η = 1 adds the DDPM posterior noise at every step (the official SDSeg
 sampler), which on the strided sub-chain is DDPM's ancestral step.
 """
@@ -36,6 +40,14 @@ class StridedDDIMScheduler(DDIMScheduler):
         self.num_inference_steps = num_inference_steps
         self.timesteps = torch.tensor(strided_timesteps(self.num_train_timesteps, num_inference_steps),
                                       dtype=torch.long, device=device)
+
+    def step(self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor, eta: float = 0.0,
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.clip_sample and self.prediction_type == "epsilon":
+            a = self.alphas_cumprod[timestep].to(sample.device, sample.dtype)
+            x0 = ((sample - (1 - a).sqrt() * model_output) / a.sqrt()).clamp(*self.clip_sample_values)
+            model_output = (sample - a.sqrt() * x0) / (1 - a).sqrt()  # the ε of the clipped x̂0
+        return super().step(model_output, timestep, sample, eta=eta, generator=generator)
 
 
 def ddim_sample(denoise: Denoise, x_T: torch.Tensor, scheduler: StridedDDIMScheduler, steps: int, eta: float = 0.0,

@@ -28,6 +28,7 @@ class MedSegDiffMethod(MethodPlugin):
                             "with Diffusion Probabilistic Model. MIDL 2023")
     stochastic: ClassVar[bool] = True
     denoiser: ClassVar[str] = "denoiser"
+    samplers: ClassVar[tuple[str, ...]] = diffusion.SAMPLERS  # what `diffusion.sample` accepts
 
     # read only when `cal_head` is on (off at tiny): the conformance read check cannot see them there
     conditional_keys: ClassVar[frozenset[str]] = frozenset({"cal_loss", "lambda_cal"})
@@ -67,6 +68,25 @@ class MedSegDiffMethod(MethodPlugin):
     @classmethod
     def budgets(cls, profile: str) -> list[Budget]:
         return list(BUDGETS.get(profile, BUDGETS["tiny"]))
+
+    @classmethod
+    def validate_hparams(cls, hparams: dict[str, Any]) -> None:
+        super().validate_hparams(hparams)
+        for key, choices in (("mask_scale", MASK_SCALES), ("final_output", FINAL_OUTPUTS)):
+            if hparams.get(key) not in choices:
+                raise ValueError(f"{key}: {hparams.get(key)!r} not in {choices}")
+        if hparams["final_output"] == "official_v1_mix" and not hparams.get("cal_head"):
+            raise ValueError("final_output: 'official_v1_mix' needs cal_head: true")
+        if hparams["timesteps"] < 50:
+            raise ValueError(f"timesteps: {hparams['timesteps']} < 50 (the rescaled linear beta needs T >= 50)")
+
+    @classmethod
+    def validate_budget(cls, budget: Budget, hparams: dict[str, Any]) -> None:
+        super().validate_budget(budget, hparams)
+        if budget.steps > hparams["timesteps"]:
+            raise ValueError(f"{budget.steps} steps exceed the {hparams['timesteps']} timesteps it trains with")
+        if budget.sampler == "ddpm" and budget.steps != hparams["timesteps"]:
+            raise ValueError(f"DDPM samples all T = {hparams['timesteps']} steps, not {budget.steps}: use ddim")
 
     def modules(self) -> dict[str, nn.Module]:
         return {"denoiser": self.denoiser, "condition": self.condition}

@@ -41,6 +41,7 @@ class SDSegMethod(MethodPlugin):
                             "Single-step Reverse Process. MICCAI 2024")
     stochastic: ClassVar[bool] = True
     denoiser: ClassVar[str] = "unet"
+    samplers: ClassVar[tuple[str, ...]] = SAMPLERS  # what `predict` accepts (`latent.SAMPLERS`)
 
     def __init__(self, hparams: dict[str, Any], task: Task) -> None:
         super().__init__(hparams, task)
@@ -77,6 +78,12 @@ class SDSegMethod(MethodPlugin):
     @classmethod
     def budgets(cls, profile: str) -> list[Budget]:
         return list(BUDGETS.get(profile, BUDGETS["tiny"]))
+
+    @classmethod
+    def validate_budget(cls, budget: Budget, hparams: dict[str, Any]) -> None:
+        super().validate_budget(budget, hparams)
+        if budget.steps > hparams["num_train_timesteps"]:
+            raise ValueError(f"{budget.steps} steps exceed the {hparams['num_train_timesteps']} training timesteps")
 
     def card_tags(self) -> dict[str, str]:
         """Rows trained without pretrained parts say so (the paper's AE is a pretrained KL-f8, its UNet

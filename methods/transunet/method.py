@@ -41,6 +41,7 @@ class TransUNetMethod(SupervisedTrainer, MethodPlugin):
     paper: ClassVar[str] = ("Chen, Lu, Yu, Luo, Adeli, Wang, Lu, Yuille, Zhou. TransUNet: Transformers Make Strong "
                             "Encoders for Medical Image Segmentation. arXiv:2102.04306, 2021")
     paper_augment: ClassVar[str] = "default"  # official: random rot90 + flip, or rotation ±20° (no intensity jitter)
+    samplers: ClassVar[tuple[str, ...]] = ("direct",)  # one forward pass
     PROFILES = PROFILES
 
     def __init__(self, hparams: dict[str, Any], task: Task) -> None:

@@ -30,6 +30,7 @@ class UNetMethod(SupervisedTrainer, MethodPlugin):
     paper: ClassVar[str] = ("Ronneberger, Fischer, Brox. U-Net: Convolutional Networks for Biomedical "
                             "Image Segmentation. MICCAI 2015")
     paper_augment: ClassVar[str] = "default"  # trained like TransUNet (rot90/flip/rotation)
+    samplers: ClassVar[tuple[str, ...]] = ("direct",)  # one forward pass
     PROFILES = PROFILES
 
     def __init__(self, hparams: dict[str, Any], task: Task) -> None:

@@ -63,7 +63,7 @@ def mlflow_server() -> Iterator[ServerHandle]:
     """PostgreSQL + MLflow with served artifacts, for the whole session."""
     directory = _store_dir("segarena-store-")
     try:
-        with serve(directory) as handle:
+        with serve(directory, workers=1) as handle:
             print(f"\n[cluster timing] mlflow server on postgresql up in {handle.start_s:.1f}s", file=sys.stderr)
             yield handle
     finally:

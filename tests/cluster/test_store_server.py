@@ -4,6 +4,7 @@ and the CLI that starts and stops both."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from segarena.platform.errors import SegarenaError
-from segarena.platform.server import ServerHandle, free_port, serve
+from segarena.platform.server import ServerHandle, free_port, serve, stop_postgres
 
 pytestmark = pytest.mark.cluster
 
@@ -51,46 +52,42 @@ def test_server_stores_runs_in_postgres_and_serves_artifacts(mlflow_server: Serv
     assert row is not None and row[0] == pytest.approx(0.75)
 
 
-def test_auth_refuses_anonymous_requests_and_accepts_the_admin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    directory = Path(os.environ.get("TMPDIR", "/tmp")) / f"segarena-auth-{os.getpid()}"
-    password = "Adm1n-" + os.urandom(8).hex()
+def test_auth_without_an_admin_password_is_one_line_and_starts_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    directory = Path("/tmp") / f"segarena-noauth-{os.getpid()}"
     monkeypatch.delenv("SEGARENA_MLFLOW_ADMIN_PASSWORD", raising=False)
-    with pytest.raises(SegarenaError, match="SEGARENA_MLFLOW_ADMIN_PASSWORD"), serve(directory, auth=True):
-        pass
-    assert not _pg_running(directory)  # the failed start stopped the database it had started
-    monkeypatch.setenv("SEGARENA_MLFLOW_ADMIN_PASSWORD", password)
     try:
-        with serve(directory, auth=True) as handle:
-            url = f"{handle.uri}/api/2.0/mlflow/experiments/search?max_results=1"
-            with pytest.raises(urllib.error.HTTPError) as refused:
-                urllib.request.urlopen(url, timeout=10)
-            assert refused.value.code == 401
-            from mlflow.tracking import MlflowClient
-
-            monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
-            monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong-" + password)
-            with pytest.raises(Exception, match=r"401|nauthori|credentials"):
-                MlflowClient(handle.uri).search_experiments()
-            monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
-            assert MlflowClient(handle.uri).create_experiment("with-auth")
-        assert not _pg_running(directory)
+        with pytest.raises(SegarenaError, match="SEGARENA_MLFLOW_ADMIN_PASSWORD") as err, serve(directory, auth=True):
+            pass
+        assert "\n" not in str(err.value) and not _pg_running(directory)
     finally:
-        import shutil
-
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def test_cli_prints_the_uri_and_stops_both_on_sigterm() -> None:
+def test_cli_with_auth_refuses_anonymous_requests_and_stops_both_on_sigterm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`segarena server --auth` in a child process: prints the URI, guards every request, and SIGTERM stops
+    MLflow and PostgreSQL."""
+    from mlflow.tracking import MlflowClient
+
     directory = Path("/tmp") / f"segarena-cli-{os.getpid()}"
     port = free_port()
+    password = "Adm1n-" + os.urandom(8).hex()
+    env = {**os.environ, "SEGARENA_MLFLOW_ADMIN_PASSWORD": password}
     proc = subprocess.Popen([sys.executable, "-m", "segarena.platform.cli", "server", "--dir", str(directory),
-                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                             "--port", str(port), "--workers", "1", "--auth"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
     try:
         first = proc.stdout.readline().strip()
         assert first == f"tracking URI: http://127.0.0.1:{port}", (first, proc.stderr.read() if proc.poll() else "")
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as resp:
-            assert resp.status == 200
+        uri = f"http://127.0.0.1:{port}"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{uri}/api/2.0/mlflow/experiments/search?max_results=1", timeout=10)
+        assert refused.value.code == 401
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong-" + password)
+        with pytest.raises(Exception, match=r"401|nauthori|credentials"):
+            MlflowClient(uri).search_experiments()
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+        assert MlflowClient(uri).create_experiment("with-auth")
         assert _pg_running(directory)
         t0 = time.time()
         proc.send_signal(signal.SIGTERM)
@@ -98,10 +95,10 @@ def test_cli_prints_the_uri_and_stops_both_on_sigterm() -> None:
         print(f"\n[server] stopped in {time.time() - t0:.1f}s")
         assert not _pg_running(directory)
         with pytest.raises(OSError):
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=3)
+            urllib.request.urlopen(f"{uri}/health", timeout=3)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-        import shutil
-
+            proc.wait()
+        stop_postgres(directory)
         shutil.rmtree(directory, ignore_errors=True)
