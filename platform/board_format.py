@@ -54,6 +54,11 @@ def _group(v: object) -> str:
     return str(int(v)) if _num(v) else "–"
 
 
+# (board column, table header): NSD, GED (d = 1 − IoU), member diversity, ECE, stability (mean per-case std
+# of Dice over `evaluation.repeats` sampling seeds)
+SHOWN_EXTRAS = (("nsd", "nsd"), ("ged", "ged"), ("diversity", "div"), ("ece", "ece"), ("dice_repeat_std", "stab"))
+
+
 def display_frame(board: pd.DataFrame) -> pd.DataFrame:
     """One display row per board row (strings), keeping suite and dataset for grouping."""
     stats = has_statistics(board)
@@ -73,6 +78,8 @@ def display_frame(board: pd.DataFrame) -> pd.DataFrame:
         "hd95": [f"{v} {u}" for v, u in zip(_pm_column(board, "hd95", 2), board["hd95_unit"], strict=True)],
         "latency_ms": _pm_column(board, "latency_ms", 1),
         "nfe": board["nfe_mean"].map(lambda v: "–" if not _num(v) else f"{v:g}")}
+    for key, label in _shown_extras(board):
+        cols[label] = board[f"{key}_mean"].map(lambda v: "–" if not _num(v) else f"{v:.3f}")
     if stats:
         cols["p1st"] = [f"{v:.0f}%" if _num(v) else "–" for v in board["rank_first_pct"]]
     if "tuning" in board.columns:  # tuned (trials, trial-seconds of its search) | default
@@ -81,11 +88,24 @@ def display_frame(board: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(cols)
 
 
+def _shown_extras(board: pd.DataFrame) -> list[tuple[str, str]]:
+    """The diffusion-aware columns some row of the board measured."""
+    return [(k, name) for k, name in SHOWN_EXTRAS if f"{k}_mean" in board.columns and board[f"{k}_mean"].notna().any()]
+
+
+def _extras_note(board: pd.DataFrame) -> str:
+    if not _shown_extras(board):
+        return ""
+    return ("; nsd: normalized surface Dice; ged: generalized energy distance (d = 1 − IoU); div: mean pairwise "
+            "1 − Dice of members; ece: expected calibration error (15 bins); stab: mean per-case std of Dice over "
+            "repeated sampling seeds (means over seeds)")
+
+
 def footer(board: pd.DataFrame) -> str:
     """The one line that defines the columns (the statistics ones only when the board has them)."""
     if not has_statistics(board):
         return ("dice, iou, hd95: mean ± std over seeds of per-seed means over test cases; latency_ms: median at "
-                "batch 1; nfe: denoiser passes per image")
+                "batch 1; nfe: denoiser passes per image" + _extras_note(board))
     cfg = board.attrs.get("statistics", {})
     n = f"{cfg['n_resamples']} resamples" if "n_resamples" in cfg else "resampled cases"
     alpha = cfg.get("alpha", 0.05)
@@ -93,7 +113,7 @@ def footer(board: pd.DataFrame) -> str:
             f"interval ({n}); sd: std over seeds; grp: rank group, 1 = not significantly worse than the leader "
             f"(two-sided Wilcoxon signed-rank on per-case Dice, Holm, α = {alpha:g}), 2 = likewise against the "
             f"best row left, …; p1st: share of bootstrap samples ranking the row first; iou, hd95: mean ± std over "
-            f"seeds; latency_ms: median at batch 1; nfe: denoiser passes per image")
+            f"seeds; latency_ms: median at batch 1; nfe: denoiser passes per image" + _extras_note(board))
 
 
 def markdown_table(df: pd.DataFrame) -> str:

@@ -328,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as exc:  # the tracking store failed under us: one line naming MLflow's complaint, exit 1
-        if not type(exc).__module__.startswith("mlflow"):
+        if not type(exc).__module__.startswith(("mlflow", "sqlalchemy", "alembic")):
             raise
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         print(f"segarena: error: tracking store: {type(exc).__name__}: {first}", file=sys.stderr)

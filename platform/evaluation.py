@@ -28,7 +28,6 @@ import torch
 from segarena.platform.dataset import Case
 from segarena.platform.metrics import (
     aggregate,
-    aggregate_extra,
     distribution_metrics,
     nsd_tolerance,
     overlap,
@@ -367,7 +366,6 @@ def _summarise(budget: Budget, runs: list[_Scorer], nfe: int, method: MethodPlug
     metrics["nfe"] = float(nfe)
     if first.pairwise:
         metrics["member_pairwise_dice"] = float(np.mean(list(first.pairwise.values())))
-    metrics.update(aggregate_extra(table))
     written: list[str] = []
     if predictions_dir is not None and mode != "none":
         from segarena.platform.predictions import save_predictions

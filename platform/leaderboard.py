@@ -10,12 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from segarena.platform.aggregate import aggregate
+from segarena.platform.aggregate import SUMMARY_METRICS, aggregate
 from segarena.platform.errors import SegarenaError
 from segarena.platform.tracking import KIND_EVAL, KIND_TRAIN, PREFIX, STATUS_FINISHED, Tracker
 
 SCORES = ("dice", "iou", "hd95")
 COSTS = ("latency_ms", "nfe")
+EXTRAS = SUMMARY_METRICS  # NSD, GED, diversity, entropy, calibration, stability (per-case std of Dice over repeats)
 KEYS = ["suite", "dataset", "method", "variant", "profile", "budget"]
 
 
@@ -51,6 +52,7 @@ def seed_scores(tracker: Tracker, suite: str | None = None) -> tuple[pd.DataFram
         scores = aggregate(per_case)  # the same case-then-dataset means as the logged metrics
         row = {k: _tag(run, k) or "" for k in KEYS} | {"seed": _tag(run, "seed")}
         row.update({k: scores[k] for k in SCORES})
+        row.update({k: scores.get(k, np.nan) for k in EXTRAS})  # diffusion-aware means, where measured
         row.update({k: run.data.metrics.get(k, np.nan) for k in COSTS})
         row["hd95_unit"] = per_case["hd95_unit"].iloc[0] if len(per_case) else ""
         row["n_cases"] = int(scores["n_cases"])
@@ -65,7 +67,7 @@ def seed_scores(tracker: Tracker, suite: str | None = None) -> tuple[pd.DataFram
                              "error": _tag(run, "error") or "", "run_id": run.info.run_id, "cell": _tag(run, "cell")})
     failed = pd.DataFrame(failures, columns=["suite", "dataset", "method", "seed", "error", "run_id", "cell"])
     failed = failed.drop_duplicates(["cell"]).drop(columns=["cell"])
-    return pd.DataFrame(rows, columns=[*KEYS, "seed", *SCORES, *COSTS, "hd95_unit", "n_cases", "run_id",
+    return pd.DataFrame(rows, columns=[*KEYS, "seed", *SCORES, *EXTRAS, *COSTS, "hd95_unit", "n_cases", "run_id",
                                        "tuning"]), failed
 
 
@@ -77,7 +79,7 @@ def leaderboard(tracker: Tracker, suite: str | None = None, statistics: bool = T
     if seeds.empty:
         board = pd.DataFrame(columns=["suite", "dataset", "rank", "method", "profile", "budget"])
         return board, failed
-    agg = {f"{k}_{s}": (k, s) for k in (*SCORES, *COSTS) for s in ("mean", "std")}
+    agg = {f"{k}_{s}": (k, s) for k in (*SCORES, *EXTRAS, *COSTS) for s in ("mean", "std")}
     board = seeds.groupby(KEYS, dropna=False).agg(**agg, n_seeds=("seed", "nunique"), n_cases=("n_cases", "max"),
                                                   hd95_unit=("hd95_unit", "first"),
                                                   tuning=("tuning", "first")).reset_index()

@@ -168,7 +168,8 @@ def write_masks(masks: Sequence[Any], names: Sequence[str], out_dir: str | Path,
             else:
                 import nibabel as nib
 
-                affine = affines[i] if affines is not None else np.diag([*(spacing or [1.0] * (m.ndim - 1)), 1.0])
+                zooms = [*(spacing or [1.0] * (m.ndim - 1)), 1.0, 1.0][:3]  # a NIfTI affine is 4×4, also for 2D
+                affine = affines[i] if affines is not None else np.diag([*zooms, 1.0])
                 nib.save(nib.Nifti1Image(m[c].astype(np.uint8), affine), str(path))
             written.append(path)
     return written

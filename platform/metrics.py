@@ -24,7 +24,7 @@ import torch
 from monai.metrics import compute_hausdorff_distance
 
 # torch-free (the leaderboard reads it without torch); re-exported here for labs and the evaluation
-from segarena.platform.aggregate import aggregate  # noqa: F401
+from segarena.platform.aggregate import SUMMARY_METRICS, aggregate  # noqa: F401
 
 COLUMNS = ("case_id", "class", "dice", "iou", "hd95", "hd95_unit", "gt_empty", "pred_empty", "gt_voxels", "pred_voxels")
 
@@ -97,7 +97,6 @@ def per_case_metrics(pred: Any, gt: Any, spacing: Sequence[float] | None = None,
 # Each one is defined for every input, empty masks and single samples included: none can be NaN.
 
 EXTRA_COLUMNS = ("nsd", "nsd_tolerance", "ged", "diversity", "entropy", "ece", "brier", "nll", "members")
-SUMMARY_METRICS = ("nsd", "ged", "diversity", "entropy", "ece", "brier", "nll", "dice_repeat_std")
 ECE_BINS = 15
 CALIBRATION_MAX_PIXELS = 10**6
 NLL_EPS = 1e-7
@@ -286,11 +285,3 @@ def distribution_metrics(mask: Any, gt: Any, probs: Any, samples: Any | None = N
     return rows
 
 
-def aggregate_extra(rows: Any) -> dict[str, float]:
-    """Means of the diffusion-aware columns present in per-case rows (case = mean over classes, then cases)."""
-    import pandas as pd
-
-    df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
-    cols = [k for k in SUMMARY_METRICS if k in df.columns]
-    per_case = df.groupby("case_id")[cols].mean()
-    return {k: float(per_case[k].mean()) for k in cols}

@@ -106,6 +106,8 @@ def check_tracking_uri(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
         raise EnvironmentFault(f"tracking URI {uri!r}: unsupported scheme {scheme!r} (use sqlite:///FILE, a "
                                "folder path or file:///DIR, http(s)://HOST:PORT, postgresql://, mysql://, "
                                "mssql:// or databricks)")
+    if scheme == "sqlite":
+        check_sqlite_file(local_store_path(uri))
     if scheme in ("http", "https"):
         if not urlparse(uri).hostname:
             raise EnvironmentFault(f"tracking URI {uri!r} names no host")
@@ -125,6 +127,23 @@ def local_store_path(uri: str) -> Path | None:
     return None
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_sqlite_file(path: Path | None) -> None:
+    """An existing, non-empty store file is an SQLite database (not some other file under that name)."""
+    if path is None or not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise EnvironmentFault(f"tracking store {path} cannot be read ({_reason(exc)})") from None
+    if header != SQLITE_HEADER:
+        raise EnvironmentFault(f"tracking store {path} is not an SQLite database: move it away or give another "
+                               "--workdir / --tracking-uri")
+
+
 def check_store_writable(uri: str, workdir: WorkDir | None = None) -> None:
     """A local store can be written: its database file (if any) and the folder that holds it (SQLite writes
     journal files beside the database). The work dir's own store folder is checked by ``check_workdir``."""
@@ -140,11 +159,16 @@ def check_store_writable(uri: str, workdir: WorkDir | None = None) -> None:
         if problem:
             raise EnvironmentFault(f"tracking store {path} is read-only ({problem}): runs cannot be recorded; "
                                    "make it writable or give another --workdir / --tracking-uri")
+    if not is_db:  # MLflow creates a file store's folders: the nearest existing one must take files
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
     if folder.is_dir():
         problem = _dir_problem(folder)
         if problem:
             raise EnvironmentFault(f"tracking store folder {folder} is not writable ({problem})")
-    elif workdir is None or folder.resolve() != workdir.root:
+    elif folder.exists():
+        raise EnvironmentFault(f"tracking store folder {folder} is not a directory")
+    elif workdir is None or folder.resolve() != workdir.root:  # SQLite never creates its folder
         raise EnvironmentFault(f"tracking store folder {folder} does not exist")
 
 

@@ -490,7 +490,24 @@ def _tune_classes() -> tuple[type, type]:
             err = trial.get_error() if hasattr(trial, "get_error") else None
             self._end(trial, error=str(err).strip().splitlines()[-1][:1000] if err else "trial errored")
 
-    _TUNE.update(searcher=Searcher, recorder=Recorder)
+    from ray.tune.schedulers import ASHAScheduler
+
+    class Scheduler(ASHAScheduler):
+        """ASHA that never records a failed trial's NaN in a rung (a NaN there turns the rung's cutoff
+        into NaN, and then no later trial is ever stopped); the failed trial ends by itself."""
+
+        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+            if result.get(STATUS_KEY) == "failed":
+                return self.CONTINUE
+            return super().on_trial_result(tune_controller, trial, result)
+
+        def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+            if result.get(STATUS_KEY) == "failed":
+                self._trial_info.pop(trial.trial_id, None)
+                return
+            super().on_trial_complete(tune_controller, trial, result)
+
+    _TUNE.update(searcher=Searcher, recorder=Recorder, scheduler=Scheduler)
     return Searcher, Recorder
 
 
@@ -524,7 +541,7 @@ def run_search(plan: SearchPlan, store: SearchStore, settings: Settings, concurr
                echo: Callable[[str], None]) -> SearchOutcome:
     """One Tune experiment for ``plan``, resuming an interrupted one; returns its trials and choice."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
 
     from segarena.platform.search_trial import search_trainable
     from segarena.platform.workdir import WorkDir
@@ -540,14 +557,15 @@ def run_search(plan: SearchPlan, store: SearchStore, settings: Settings, concurr
         echo(f"search {plan.label}: resuming, {len(records)} trial(s) recorded, {remaining} to run")
     if remaining > 0:
         _, Recorder = _tune_classes()
-        scheduler = (ASHAScheduler(metric="val/dice", mode="max", max_t=s["epochs"], grace_period=s["grace_epochs"],
-                                   reduction_factor=REDUCTION_FACTOR) if s["scheduler"] == "asha" else FIFOScheduler())
+        asha = _TUNE["scheduler"]
+        scheduler = (asha(metric="val/dice", mode="max", max_t=s["epochs"], grace_period=s["grace_epochs"],
+                          reduction_factor=REDUCTION_FACTOR) if s["scheduler"] == "asha" else FIFOScheduler())
         trainable = tune.with_resources(tune.with_parameters(search_trainable, job=plan.trial_job(settings).to_wire()),
                                         {"cpu": settings.cpus_per_worker, "gpu": settings.gpus_per_worker})
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
-                                        max_concurrent_trials=min(concurrency, remaining), reuse_actors=False),
+                                        max_concurrent_trials=min(concurrency, remaining), reuse_actors=True),
             run_config=tune.RunConfig(name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
                                       storage_path=str(WorkDir(Path(settings.workdir)).search_dir(plan.key)),
                                       verbose=0, failure_config=tune.FailureConfig(max_failures=0),

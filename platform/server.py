@@ -45,7 +45,7 @@ from segarena.platform.errors import SegarenaError
 PG_DB, PG_AUTH_DB, PG_ROLE = "mlflow", "mlflow_auth", "segarena"
 ADMIN_PASSWORD_ENV, ADMIN_USER = "SEGARENA_MLFLOW_ADMIN_PASSWORD", "admin"
 PG_USER_ENV, DEFAULT_PG_USER = "SEGARENA_PG_USER", "segarena-pg"
-START_TIMEOUT_S = 120.0
+START_TIMEOUT_S = 300.0  # a fresh store runs all of MLflow's schema migrations first
 
 
 @dataclass(frozen=True)

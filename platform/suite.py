@@ -243,7 +243,7 @@ def expand(spec: SuiteSpec, registry: Registry, path: Path | str = "<suite>") ->
                             f"{m.name}/{m.profile} (known: {', '.join(sorted(hparams))})")
         hparams.update(m.hparams)
         budgets = budget_list(m.budgets) if m.budgets is not None else cls.budgets(m.profile)
-        validate_method(cls, i, m.profile, hparams, budgets, m.budgets is not None, path)
+        validate_method(cls, i, m.profile, hparams, budgets, m.budgets, path)
         source_hash = plugin_source_hash(cls)
         for j, d in enumerate(spec.datasets):
             try:

@@ -30,8 +30,9 @@ def _field_of(message: str, keys: Sequence[str]) -> tuple[str, str]:
 
 
 def validate_method(cls: type[MethodPlugin], index: int, profile: str, hparams: dict[str, Any],
-                    budgets: Sequence[Budget], budgets_given: bool, path: Path | str) -> None:
-    """The resolved hparams of ``methods[index]`` and each of its budgets, through the plugin's hooks."""
+                    budgets: Sequence[Budget], given: Any, path: Path | str) -> None:
+    """The resolved hparams of ``methods[index]`` and each of its budgets, through the plugin's hooks.
+    ``given``: the entry's ``budgets`` as written (None = the profile's defaults, a list, or one grid)."""
     where = f"{path}: field methods[{index}]"
     try:
         cls.validate_hparams(dict(hparams))
@@ -41,7 +42,8 @@ def validate_method(cls: type[MethodPlugin], index: int, profile: str, hparams: 
     except Exception as exc:  # a broken hook is the plugin's fault, still one line
         raise SpecError(f"{where}.hparams: {cls.name}.validate_hparams failed: {type(exc).__name__}: {exc}") from exc
     for k, budget in enumerate(budgets):
-        field = f"{where}.budgets" + (f"[{k}]" if budgets_given else f" (the default budgets of profile {profile!r})")
+        field = f"{where}.budgets" + (f"[{k}]" if isinstance(given, list) else "" if given is not None
+                                      else f" (the default budgets of profile {profile!r})")
         try:
             cls.validate_budget(budget, dict(hparams))
         except (ValueError, TypeError) as exc:

@@ -13,7 +13,7 @@ from scipy import ndimage
 
 from segarena.platform.metrics import (
     NLL_EPS,
-    aggregate_extra,
+    aggregate,
     brier,
     calibration,
     distribution_metrics,
@@ -222,4 +222,6 @@ def test_distribution_metrics_per_class_and_entropy_of_member_mean():
 def test_aggregate_extra_is_mean_of_class_means():
     rows = [{"case_id": "a", "nsd": 1.0, "ged": 0.0}, {"case_id": "a", "nsd": 0.0, "ged": 1.0},
             {"case_id": "b", "nsd": 1.0, "ged": 1.0}]
-    assert aggregate_extra(rows) == {"nsd": 0.75, "ged": 0.75}
+    rows = [{**r, "dice": 1.0, "iou": 1.0, "hd95": 0.0} for r in rows]
+    out = aggregate(rows)
+    assert (out["nsd"], out["ged"]) == (0.75, 0.75) and "ece" not in out

@@ -59,6 +59,8 @@ BAD = [
     ("medsegdiff", "budgets: [{sampler: ddpm, steps: 5}]", "{size: 32}", r"budgets\[0\]: .*DDPM samples all T"),
     ("unet", "budgets: [{sampler: ddim, steps: 5}]", "{size: 32}", r"sampler 'ddim' is not one unet declares"),
     ("unet", "budgets: [{ensemble: 3}]", "{size: 32}", r"unet is deterministic: ensemble must be 1, not 3"),
+    ("unet", "budgets: {sampler: ddim, steps: [1, 5], ensemble: [1]}", "{size: 32}",
+     r"methods\[0\]\.budgets: budget ddim1-e1 .*not one unet declares"),
     ("cdal", "budgets: [{sampler: posterior, steps: 3}]", "{size: 32}", r"cDAL samples with the T=2 steps"),
     ("sdseg", "budgets: [{sampler: direct, steps: 3}]", "{size: 32}", r"direct sampler is one forward pass"),
     ("sdseg", "budgets: [{sampler: ddim, steps: 2000}]", "{size: 32}", r"2000 steps exceed the 1000"),
@@ -90,7 +92,7 @@ def test_the_default_budgets_and_hparams_of_every_built_in_profile_validate():
         cls = info.cls
         assert cls.declared_samplers(), info.name
         for profile, hparams in cls.profiles().items():
-            validate_method(cls, 0, profile, hparams, cls.budgets(profile), False, "<test>")
+            validate_method(cls, 0, profile, hparams, cls.budgets(profile), None, "<test>")
 
 
 @pytest.mark.parametrize("name", ["default", "smoke", "real"])
@@ -322,3 +324,28 @@ def test_the_readme_dataset_plugin_passes_conformance_and_validation(tmp_path, c
     assert cell.dataset_path == str(tmp_path / "data" / "scans")
     code, err = run_cli(capsys, tmp_path, text.replace("{size: 32}", "{sise: 32}"), "--plugins", str(plugins))
     assert code == 2 and "unknown parameter 'sise' for dataset 'lab-scans'; did you mean 'size'" in err
+
+
+class _Payload:
+    """Would create a file if unpickled: a checkpoint must never run it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "pwned"))
+
+
+def test_a_checkpoint_holding_pickled_objects_is_refused_without_running_them(tmp_path):
+    import torch
+
+    from segarena.platform.errors import StoreError
+    from segarena.platform.weights import load_state
+
+    marker = tmp_path / "pwned"
+    torch.save({"modules": {}, "extra": _Payload(marker)}, tmp_path / "weights.pt")
+    with pytest.raises(StoreError, match=r"weights\.pt: cannot load as plain weights") as err:
+        load_state(tmp_path / "weights.pt")
+    assert "\n" not in str(err.value) and not marker.exists()
+    torch.save({"modules": {"net": {"w": torch.ones(2)}}, "extra": {"step": 3}}, tmp_path / "plain.pt")
+    assert load_state(tmp_path / "plain.pt")["extra"] == {"step": 3}  # tensors and plain data still load

@@ -23,7 +23,7 @@ FINAL_OUTPUTS = ("diffusion", "official_v1_mix")
 
 class MedSegDiffMethod(MethodPlugin):
     name: ClassVar[str] = "medsegdiff"
-    version: ClassVar[str] = "0.1.0"
+    version: ClassVar[str] = "0.2.0"
     paper: ClassVar[str] = ("Wu, Fu, Fang, Zhang, Yang, Xiong, Liu, Xu. MedSegDiff: Medical Image Segmentation "
                             "with Diffusion Probabilistic Model. MIDL 2023")
     stochastic: ClassVar[bool] = True

@@ -36,11 +36,14 @@ AE_STAGE, DIFFUSION_STAGE = 1, 2
 
 class SDSegMethod(MethodPlugin):
     name: ClassVar[str] = "sdseg"
-    version: ClassVar[str] = "0.1.0"
+    version: ClassVar[str] = "0.2.0"
     paper: ClassVar[str] = ("Lin, Chen, Yan, Yu, Zheng. Stable Diffusion Segmentation for Biomedical Images with "
                             "Single-step Reverse Process. MICCAI 2024")
     stochastic: ClassVar[bool] = True
+    paper_augment: ClassVar[str] = "flips"  # the official random h/v flips, now applied by the harness (`augment:`)
     denoiser: ClassVar[str] = "unet"
+    # read only by latent-diffusion steps (stage 2), which a short check never reaches at the tiny ae_steps
+    conditional_keys: ClassVar[frozenset[str]] = frozenset({"latent_loss_weight", "warmup_steps"})
     samplers: ClassVar[tuple[str, ...]] = SAMPLERS  # what `predict` accepts (`latent.SAMPLERS`)
 
     def __init__(self, hparams: dict[str, Any], task: Task) -> None:
@@ -132,8 +135,6 @@ class SDSegMethod(MethodPlugin):
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         image, mask = batch["image"], batch["mask"]
-        if self.hparams["flip"]:
-            image, mask = _random_flips(image, mask)
         stage = self.stage
         logs = self._autoencoder_step(mask) if stage == AE_STAGE else self._diffusion_step(image, mask)
         self.step += 1
@@ -232,13 +233,6 @@ def _pick_classes(mask: torch.Tensor) -> torch.Tensor:
     weights = torch.where(present.any(1, keepdim=True), present.float(), torch.ones_like(present, dtype=torch.float))
     return torch.multinomial(weights, 1).squeeze(1)
 
-
-def _random_flips(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The official augmentation: random horizontal and vertical flips (whole batch)."""
-    for dim in (-1, -2):
-        if torch.rand(()) < 0.5:
-            image, mask = image.flip(dim), mask.flip(dim)
-    return image, mask
 
 
 def _on_device(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:

@@ -13,7 +13,7 @@ from segarena.platform.search_space import Choice, LogUniform
 
 PROFILES: dict[str, dict[str, Any]] = {
     "tiny": {
-        "image_size": [64, 64], "batch_size": 4,
+        "batch_size": 4,  # images come at the dataset's size (task.image_size)
         # mask autoencoder, f = 4: 64 px → 4x16x16
         "ae_channels": [16, 32, 32], "ae_res_blocks": 1, "ae_attention": False, "ae_norm_groups": 8,
         "latent_channels": 4, "ae_steps": 80, "ae_lr": 1e-3, "ae_kl_weight": 1e-6, "ae_weights": None,
@@ -23,10 +23,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         # diffusion stage
         "num_train_timesteps": 1000, "beta_start": 0.0015, "beta_end": 0.0155,
         "lr": 1e-3, "cond_lr_mult": 1.0, "weight_decay": 0.01, "warmup_steps": 0, "latent_loss_weight": 1.0,
-        "cond_dropout": 0.0, "ema_decay": 0.95, "flip": False, "fusion": "mean",
+        "cond_dropout": 0.0, "ema_decay": 0.95, "fusion": "mean",
     },
     "paper": {
-        "image_size": [256, 256], "batch_size": 4,
+        "batch_size": 4,
         # LDM KL-f8 layout: 256 px → 4x32x32 (trained on masks here: no hub download)
         "ae_channels": [128, 256, 512, 512], "ae_res_blocks": 2, "ae_attention": True, "ae_norm_groups": 32,
         "latent_channels": 4, "ae_steps": 20000, "ae_lr": 1e-4, "ae_kl_weight": 1e-6, "ae_weights": None,
@@ -34,10 +34,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "unet_channels": [192, 384, 384, 768, 768], "unet_res_blocks": 2,
         "unet_attention": [True, True, True, True, False], "unet_head_channels": [24, 48, 48, 96, 96],
         "unet_norm_groups": 32, "unet_resblock_updown": True,
-        # diffusion stage: AdamW 1e-5 x batch 4, 10k-step linear warm-up, EMA 0.9999, flips
+        # diffusion stage: AdamW 1e-5 x batch 4, 10k-step warm-up, EMA 0.9999 (flips: the harness, `augment: flips`)
         "num_train_timesteps": 1000, "beta_start": 0.0015, "beta_end": 0.0155,
         "lr": 4e-5, "cond_lr_mult": 1.0, "weight_decay": 0.01, "warmup_steps": 10000, "latent_loss_weight": 1.0,
-        "cond_dropout": 0.2, "ema_decay": 0.9999, "flip": True, "fusion": "mean",
+        "cond_dropout": 0.2, "ema_decay": 0.9999, "fusion": "mean",
     },
 }
 

@@ -33,11 +33,14 @@ evaluation: {{timing_repeats: 2, timing_warmup: 1, throughput_batch: 2, val_case
 """
 
 
-def _train_workers() -> dict[str, str]:
-    """actor id → node id of every Ray Train worker the connected cluster remembers (dead ones too)."""
+def _train_workers(dashboard_url: str | None) -> dict[str, str]:
+    """actor id → node id of every Ray Train worker the cluster remembers (dead ones too). The dashboard
+    is named: other Ray instances may run on this machine."""
     from ray.util.state import list_actors
 
-    actors = list_actors(filters=[("class_name", "=", "RayTrainWorker")], limit=10000, raise_on_missing_output=False)
+    assert dashboard_url
+    actors = list_actors(address=dashboard_url, filters=[("class_name", "=", "RayTrainWorker")], limit=10000,
+                         raise_on_missing_output=False)
     return {a.actor_id: a.node_id for a in actors}
 
 
@@ -50,7 +53,7 @@ def test_two_worker_cell_runs_across_both_nodes_and_ranks_from_the_server(joined
     suite = tmp_path / "suite.yaml"
     suite.write_text(textwrap.dedent(SUITE.format(name=name)))
     with connect(joined.address) as handle:
-        before = _train_workers()
+        before = _train_workers(handle.dashboard_url)
         nodes = {n["NodeID"] for n in handle.nodes}
     workdir = Path(tempfile.mkdtemp(prefix="segarena-cluster-run-", dir="/tmp"))  # both nodes are this machine
     lines: list[str] = []
@@ -63,8 +66,8 @@ def test_two_worker_cell_runs_across_both_nodes_and_ranks_from_the_server(joined
     print(f"\n[suite on 2 nodes] {time.time() - t0:.1f}s: " + " | ".join(lines[-3:]))
     assert summary.failures == [] and summary.ran == 1, (summary, lines)
 
-    with connect(joined.address):
-        new = {a: n for a, n in _train_workers().items() if a not in before}
+    with connect(joined.address) as handle:
+        new = {a: n for a, n in _train_workers(handle.dashboard_url).items() if a not in before}
     assert len(new) == 2, new
     assert set(new.values()) == nodes  # one DDP worker on each node
 

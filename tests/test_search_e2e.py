@@ -1,0 +1,286 @@
+"""The search stage through real Ray Tune + Optuna and a real SQLite MLflow store.
+
+- NaN trials are failed in MLflow and in the searcher, ASHA stops trials, trials recorded ==
+  requested, and no placement group outlives the search.
+- (slow) a Pareto search over (val/dice, latency_ms) on MedSegDiff returns non-dominated points
+  at different DDIM budgets.
+- (slow) a driver killed mid-search: the next run resumes without rerunning recorded trials, the
+  tuned cells train beside the default ones, and a third run skips the finished search.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from segarena.platform.search import KIND_SEARCH, KIND_TRIAL, dominates, pareto_front, search_outcomes
+from segarena.platform.tracking import Tracker
+from segarena.platform.workdir import WorkDir
+
+FLAKY = '''
+import time
+import torch
+from segarena.platform.plugin import MethodPlugin, Prediction
+from segarena.platform.search_space import Choice, LogUniform
+
+
+class FlakyMethod(MethodPlugin):
+    """A one-layer method whose `fail: nan` trials produce a NaN loss; `sleep` slows each step."""
+    name = "flaky"
+    version = "0.0.1"
+    denoiser = "net"
+
+    def __init__(self, hparams, task):
+        super().__init__(hparams, task)
+        self.net = torch.nn.Conv2d(task.in_channels, task.num_classes, 3, padding=1)
+        self.opt = torch.optim.SGD(self.net.parameters(), lr=hparams["lr"])
+
+    @classmethod
+    def profiles(cls):
+        p = {"lr": 0.1, "batch_size": 4, "fail": "no", "sleep": SLEEP}
+        return {"tiny": dict(p), "paper": dict(p)}
+
+    @classmethod
+    def search_space(cls):
+        return {"lr": LogUniform(1e-3, 1.0), "fail": Choice(FAILS)}
+
+    def modules(self):
+        return {"net": self.net}
+
+    def optimizers(self):
+        return {"opt": self.opt}
+
+    def training_step(self, batch):
+        time.sleep(self.hparams["sleep"])
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(self.net(batch["image"]), batch["mask"])
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        return {"loss": float("nan") if self.hparams["fail"] == "nan" else loss.item()}
+
+    def predict(self, images, budget, generator=None):
+        probs = self.net(images).sigmoid()
+        return Prediction(probs=probs, mask=probs > 0.5, nfe=budget.nfe)
+'''
+
+
+def _plugin(tmp_path: Path, fails: list[str], sleep: float = 0.0) -> Path:
+    d = tmp_path / "plugins"
+    d.mkdir(exist_ok=True)
+    (d / "flaky.py").write_text(textwrap.dedent(FLAKY).replace("SLEEP", repr(sleep)).replace("FAILS", repr(fails)))
+    return d
+
+
+SUITE = """
+name: {name}
+methods:
+  - name: flaky
+    profile: tiny
+datasets:
+  - name: synthetic
+    params: {{size: 32, n_cases: 16}}
+seeds: [0]
+epochs: 1
+steps_per_epoch: 4
+search: {{trials: 6, epochs: 3, grace_epochs: 1, sampler: random, seed: 0}}
+evaluation: {{timing_repeats: 2, timing_warmup: 1, throughput_batch: 2, val_cases: 3}}
+"""
+
+
+def _search_stage(suite: Path, workdir: Path, plugins: Path, lines: list[str]):
+    """Just the search stage of ``segarena run`` (no cells), on the test session's Ray."""
+    from importlib.metadata import version
+
+    from segarena.platform.records import Settings
+    from segarena.platform.registry import discover
+    from segarena.platform.runner import prepare_cells
+    from segarena.platform.suite import load_suite
+
+    spec, path = load_suite(suite)
+    wd = WorkDir.at(workdir)
+    reg = discover([str(plugins)], use_env=False)
+    cells = prepare_cells(spec, path, reg, wd)
+    tracker = Tracker(wd.tracking_uri, wd)
+    exp = tracker.experiment(spec.name)
+    settings = Settings(tracking_uri=wd.tracking_uri, workdir=str(wd.root), experiment_id=exp,
+                        plugin_dirs=(str(plugins),), workers_per_trial=1, cpus_per_worker=1.0, gpus_per_worker=0.0,
+                        failure_retries=0, device="cpu", segarena_version=version("segarena"), git_sha="x",
+                        driver="test")
+    return tracker, exp, search_outcomes(spec, path, cells, tracker, settings, None, False, lines.append)
+
+
+def _trial_runs(tracker: Tracker, exp: str) -> list:
+    return tracker.runs([exp], KIND_TRIAL)
+
+
+@pytest.mark.ray
+@pytest.mark.slow  # ~40 s on a loaded 2-core machine
+def test_nan_trials_fail_in_mlflow_and_searcher_and_no_group_outlives_stopped_trials(ray_session, tmp_path):
+    plugins = _plugin(tmp_path, ["no", "no", "nan"])
+    suite = tmp_path / "flaky.yaml"
+    suite.write_text(SUITE.format(name="flaky-search"))
+    lines: list[str] = []
+    tracker, exp, results = _search_stage(suite, tmp_path / "runs", plugins, lines)
+    (outcome, cells), = results
+    counts = outcome.counts()
+    assert len(outcome.records) == 6 and sum(counts.values()) == 6
+    assert counts["failed"] >= 1 and counts["stopped"] >= 1 and counts["finished"] >= 1, (counts, lines)
+    # the searcher: one trial per requested trial, each in its state, none left running
+    assert outcome.searcher_trials == 6
+    assert outcome.searcher_states.get("FAIL", 0) == counts["failed"]
+    assert outcome.searcher_states.get("PRUNED", 0) == counts["stopped"]
+    assert outcome.searcher_states.get("COMPLETE", 0) == counts["finished"]
+    # MLflow: one nested run per trial under one finished parent
+    parent, = tracker.runs([exp], KIND_SEARCH)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["trials"] == 6
+    runs = _trial_runs(tracker, exp)
+    assert len(runs) == 6 and {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
+    failed = [r for r in runs if r.data.tags["segarena.trial_status"] == "failed"]
+    assert len(failed) == counts["failed"] and all(r.info.status == "FAILED" for r in failed)
+    assert all("nan" in r.data.tags["segarena.error"].lower() for r in failed)
+    assert all(json.loads(r.data.tags["segarena.trial_config"])["fail"] == "nan" for r in failed)
+    stopped = [r for r in runs if r.data.tags["segarena.trial_status"] == "stopped"]
+    assert all(r.data.metrics["epochs_run"] < 3 and r.data.metrics["trial_s"] > 0 for r in stopped)
+    finished = [r for r in runs if r.data.tags["segarena.trial_status"] == "finished"]
+    assert all(len(tracker.client.get_metric_history(r.info.run_id, "val/dice")) == 3 for r in finished)
+    # the best finished trial's config, as a cell, is what the search returns
+    assert len(cells) == 1 and cells[0].hparams["fail"] == "no"
+    assert parent.data.tags["segarena.tuned_cells"] == cells[0].key
+    import ray.util
+
+    live = {k: v["state"] for k, v in ray.util.placement_group_table().items() if v["state"] != "REMOVED"}
+    assert live == {}, live
+
+
+PARETO = """
+name: pareto
+methods:
+  - name: medsegdiff
+    profile: tiny
+    budgets: {sampler: ddim, steps: [1, 2, 5], ensemble: [1]}
+datasets:
+  - name: synthetic
+    params: {size: 32, n_cases: 24}
+seeds: [0]
+epochs: 1
+steps_per_epoch: 60
+search: {trials: 3, epochs: 3, scheduler: none, objectives: [val/dice, latency_ms], select: pareto, max_selected: 3}
+evaluation: {timing_repeats: 3, timing_warmup: 1, throughput_batch: 2, val_cases: 4}
+"""
+
+
+@pytest.mark.ray
+@pytest.mark.slow  # ~3 min on a loaded 2-core machine: three MedSegDiff trials of 180 steps
+def test_pareto_search_returns_non_dominated_points_at_different_budgets(ray_session, tmp_path):
+    suite = tmp_path / "pareto.yaml"
+    suite.write_text(PARETO)
+    lines: list[str] = []
+    _, _, results = _search_stage(suite, tmp_path / "runs", tmp_path, lines)
+    (outcome, cells), = results
+    objectives = ["val/dice", "latency_ms"]
+    points = [{**p, "trial": i} for i, r in enumerate(outcome.records) for p in r.points]
+    assert len(points) == 9  # 3 finished trials × 3 budgets, scored from each trial's own weights
+    front = pareto_front(points, objectives)
+    for p in outcome.selected:
+        assert not any(dominates(q, p, objectives) for q in points), p
+    assert 2 <= len(outcome.selected) <= 3
+    assert len({p["name"] for p in front}) >= 2, front  # the front spans budgets, not only hparams
+    assert {json.dumps(p, sort_keys=True, default=str) for p in outcome.selected} <= \
+        {json.dumps(p, sort_keys=True, default=str) for p in front}
+    # tuned cells: one training per selected trial, evaluated at its selected budgets only
+    by_trial: dict[str, set[str]] = {}
+    for p in outcome.selected:
+        by_trial.setdefault(json.dumps(p["config"], sort_keys=True), set()).add(p["name"])
+    assert len(cells) == len(by_trial)
+    for c in cells:
+        assert {b.name for b in c.budget_objects()} == by_trial[json.dumps(
+            {k: c.hparams[k] for k in outcome.plan.space}, sort_keys=True)]
+    print("\n".join(lines))
+
+
+RESUME = SUITE.format(name="resume")
+
+
+@pytest.mark.ray
+@pytest.mark.slow  # ~3-4 min: a driver killed mid-search, a resuming run, a skipping run
+def test_killed_driver_resumes_search_without_rerunning_recorded_trials(ray_session, tmp_path):
+    from segarena.platform.leaderboard import leaderboard
+    from segarena.platform.runner import run_suite
+
+    plugins = _plugin(tmp_path, ["no"], sleep=0.25)  # ~1 s per epoch: a wide window to kill in
+    suite = tmp_path / "resume.yaml"
+    suite.write_text(RESUME)
+    workdir = tmp_path / "runs"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    log = (tmp_path / "driver.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "segarena.platform.cli", "run", str(suite), "--workdir",
+                             str(workdir), "--plugins", str(plugins)], stdout=log, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
+    wd = WorkDir.at(workdir)
+    recorded: list = []
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(2)
+            if not wd.db.exists():
+                continue
+            tracker = Tracker(wd.tracking_uri, wd)
+            exp = tracker.experiment("resume", create=False)
+            if exp is None:
+                continue
+            recorded = [r for r in _trial_runs(tracker, exp)
+                        if r.data.tags.get("segarena.trial_status") in ("finished", "stopped", "failed")]
+            if len(recorded) >= 2:
+                break
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the driver and every process of its session
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        log.close()
+    assert len(recorded) >= 2, (tmp_path / "driver.log").read_text()[-3000:]
+    assert len(recorded) < 6, "the driver finished the search before it could be killed"
+    tracker = Tracker(wd.tracking_uri, wd)
+    exp = tracker.experiment("resume", create=False)
+    before = {r.info.run_id: r.data.tags["segarena.trial_status"] for r in _trial_runs(tracker, exp)}
+    # the killed driver's lease would expire after a minute; expire it now instead of waiting
+    for r in tracker.runs([exp], "driver"):
+        tracker.set_tags(r.info.run_id, {"segarena.heartbeat": "0"})
+
+    lines: list[str] = []
+    t0 = time.time()
+    run_suite(suite, workdir, plugin_dirs=[str(plugins)], echo=lines.append)
+    resume_s = time.time() - t0
+    runs = {r.info.run_id: r for r in _trial_runs(tracker, exp)}
+    counted = {k: r for k, r in runs.items() if r.data.tags["segarena.trial_status"] in ("finished", "stopped",
+                                                                                         "failed")}
+    done_before = {k for k, s in before.items() if s in ("finished", "stopped", "failed")}
+    assert len(counted) == 6, {k: r.data.tags["segarena.trial_status"] for k, r in runs.items()}
+    assert done_before <= set(counted)  # recorded trials kept, not rerun
+    new = set(runs) - set(before)
+    assert len(new) == 6 - len(done_before)  # only the remaining trials ran
+    interrupted = [k for k, s in before.items() if s == "running"]
+    assert all(runs[k].data.tags["segarena.trial_status"] == "interrupted" and runs[k].info.status == "FAILED"
+               for k in interrupted)
+    parents = tracker.runs([exp], KIND_SEARCH)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].data.metrics["searcher_trials"] == 6
+    assert any(f"resuming, {len(done_before)} trial(s) recorded" in ln for ln in lines), lines
+
+    board, _ = leaderboard(tracker, "resume", statistics=False)
+    assert sorted(board["tuning"].str.split(" ").str[0]) == ["default", "tuned"]
+    assert board.loc[board["tuning"] != "default", "tuning"].iloc[0].startswith("tuned (6 trials, ")
+
+    third: list[str] = []
+    run_suite(suite, workdir, plugin_dirs=[str(plugins)], echo=third.append)
+    assert len(_trial_runs(tracker, exp)) == len(runs)  # the finished search is skipped entirely
+    assert any("skipped" in ln and ln.startswith("search flaky") for ln in third), third
+    print(f"\nresume run: {resume_s:.0f}s; recorded before the kill: {len(done_before)}")
