@@ -38,7 +38,8 @@ class PageCheck:
     console_errors: list[str] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)   # every resource the page fetched
     plot_error: str = ""
-    injected_images: int = 0         # <img> elements (the report has none of its own)
+    injected_images: int = 0         # <img> elements other than the prediction grid's own (class pred-img)
+    pred_images: int = 0             # prediction-grid images the browser decoded (naturalWidth > 0)
     text: str = ""                   # the page's visible text
 
 
@@ -72,7 +73,9 @@ def check_report(path: Path, screenshot: Path | None = None, width: int = 1400, 
                 board_rows=int(js("return document.querySelectorAll('table.board tbody tr').length")),
                 requests=list(js("return performance.getEntriesByType('resource').map(e => e.name)")),
                 plot_error=str(js("return document.body.getAttribute('data-plots-error') || ''")),
-                injected_images=int(js("return document.querySelectorAll('img').length")),
+                injected_images=int(js("return document.querySelectorAll('img:not(.pred-img)').length")),
+                pred_images=int(js("return Array.from(document.querySelectorAll('img.pred-img'))"
+                                   ".filter(i => i.complete && i.naturalWidth > 0).length")),
                 text=str(js("return document.body.innerText")))
             check.console_errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
             if screenshot is not None:

@@ -1,16 +1,21 @@
-"""What the report reads from a tracking store: the board, its per-case rows, training curves, cells.
+"""What the report reads from a tracking store: the board, its per-case rows, training curves, cells and
+the prediction overlays the evaluations stored.
 
-Everything comes from the store alone (``leaderboard()``, ``per_case.parquet`` of each eval run, the
-metric history of its training run), so a report can be rebuilt anywhere the store is reachable.
+Everything comes from the store alone (``leaderboard()``, ``per_case.parquet`` and ``predictions/overlays/``
+of each eval run, the metric history of its training run), so a report can be rebuilt anywhere the store is
+reachable.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    from segarena.dashboards.prediction_grid import PredictionGrid
 
 CURVE_COLUMNS = ["dataset", "method", "variant", "seed", "train_run", "key", "step", "value", "headline"]
 HEADLINE_TAG = "segarena.headline_loss"  # the plugin's headline loss key, when the harness tags it
@@ -33,7 +38,7 @@ class ReportData:
     curves: pd.DataFrame = field(default_factory=lambda: _empty(CURVE_COLUMNS))
     cells: pd.DataFrame = field(default_factory=lambda: _empty(CELL_COLUMNS))
     source: str = ""                     # where it was read from (credentials stripped)
-    predictions: dict[str, Any] = field(default_factory=dict)  # none stored by the evaluation yet
+    predictions: dict[str, PredictionGrid] = field(default_factory=dict)  # dataset → stored overlays
 
 
 def public_uri(uri: str) -> str:
@@ -77,6 +82,7 @@ def load_curves_and_cells(tracker: Any, seeds: pd.DataFrame) -> tuple[pd.DataFra
 
 def load_report_data(tracker: Any, suite: str) -> ReportData:
     """Read one suite's report inputs from the store (raises SegarenaError for an unknown suite)."""
+    from segarena.dashboards.prediction_grid import load_prediction_grids
     from segarena.platform.leaderboard import leaderboard, seed_scores
     from segarena.platform.statistics import case_rows
 
@@ -85,4 +91,5 @@ def load_report_data(tracker: Any, suite: str) -> ReportData:
     cases = case_rows(tracker, seeds)
     curves, cells = load_curves_and_cells(tracker, seeds)
     return ReportData(suite=suite, board=board, failed=failed, cases=cases, curves=curves, cells=cells,
-                      source=public_uri(str(getattr(tracker, "uri", ""))))
+                      source=public_uri(str(getattr(tracker, "uri", ""))),
+                      predictions=load_prediction_grids(tracker, board, seeds, cases))

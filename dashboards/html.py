@@ -87,6 +87,10 @@ tr.grp-1 .grp{background:#2e9e49;color:#fff}
 figure.plot-box{margin:0;border:1px solid #eceff3;border-radius:6px}.plot{height:420px}
 nav a{margin-right:14px;color:#9fd0ff}code{background:#eef1f5;padding:0 3px;border-radius:3px}
 .missing{padding:10px 14px;background:#fff8e5;border:1px solid #f0dca0;border-radius:6px;font-size:13px}
+table.predgrid th,table.predgrid td{text-align:left;vertical-align:top;white-space:normal}
+table.predgrid td{width:33%}figure.pred{margin:0}img.pred-img{display:block;width:100%;max-width:520px;height:auto}
+figure.pred figcaption{font-size:12px;color:#4a5262;word-break:break-all;max-width:520px}
+td.pred-missing{color:#7a5a00;background:#fff8e5}
 """
 
 

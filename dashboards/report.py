@@ -1,8 +1,9 @@
 """The static HTML report of a suite: per dataset the leaderboard with CIs and rank groups, Pareto and
-Dice-vs-nfe plots, per-case distributions, rank stability, the significance map and training curves.
+Dice-vs-nfe plots, per-case distributions, rank stability, the significance map, training curves and the
+prediction grid (the overlays the evaluations stored, embedded as PNG).
 
-One self-contained file (plotly.js inlined, no network), built only from the store's leaderboard and
-per-case tables. ``write_report(tracker, suite, output)`` is what ``segarena run`` and
+One self-contained file (plotly.js and images inlined, no network), built only from the store's
+leaderboard, per-case tables and stored overlays. ``write_report(tracker, suite, output)`` is what ``segarena run`` and
 ``segarena report`` call.
 """
 
@@ -19,6 +20,7 @@ import plotly.graph_objects as go
 from segarena.dashboards import figures as F
 from segarena.dashboards.data import ReportData, load_report_data
 from segarena.dashboards.html import FigureSlots, esc, page, table
+from segarena.dashboards.prediction_grid import grid_html
 from segarena.platform.statistics import DEFAULT_STATS, DatasetStats, StatsConfig, board_statistics, mean_ranks
 
 FIGURES_PER_DATASET = ("pareto", "dice_vs_nfe", "per_case_dice", "per_case_hd95", "rank_blob", "significance",
@@ -135,11 +137,8 @@ def _cells_table(v: DatasetView) -> str:
 
 
 def _predictions(data: ReportData, v: DatasetView) -> str:
-    if not data.predictions.get(v.dataset):
-        return ('<div class="missing">Prediction grid (image | ground truth | each method, best / median / worst '
-                "case): this store holds no saved predictions: its evaluation scored the masks and did not keep "
-                "them. The grid appears here once evaluation stores predictions.</div>")
-    return ""  # pragma: no cover - no evaluation stores predictions yet
+    labels = dict(zip(zip(v.part["method"], v.part["variant"], strict=True), v.series, strict=True))
+    return grid_html(data.predictions.get(v.dataset), labels)
 
 
 def dataset_section(data: ReportData, v: DatasetView, slots: FigureSlots, anchor: str) -> str:

@@ -82,15 +82,16 @@ def display_frame(board: pd.DataFrame) -> pd.DataFrame:
         cols[label] = board[f"{key}_mean"].map(lambda v: "–" if not _num(v) else f"{v:.3f}")
     if stats:
         cols["p1st"] = [f"{v:.0f}%" if _num(v) else "–" for v in board["rank_first_pct"]]
-    if "tuning" in board.columns:  # tuned (trials, trial-seconds of its search) | default
-        cols["tuning"] = board["tuning"]
+    if "tuning" in board.columns and (board["tuning"] != "default").any():  # only boards with a search
+        cols["tuning"] = board["tuning"]  # tuned (trials, trial-seconds of its search) | default
     cols |= {"seeds": board["n_seeds"], "cases": board["n_cases"], "failed": board["failed_seeds"]}
     return pd.DataFrame(cols)
 
 
 def _shown_extras(board: pd.DataFrame) -> list[tuple[str, str]]:
-    """The diffusion-aware columns some row of the board measured."""
-    return [(k, name) for k, name in SHOWN_EXTRAS if f"{k}_mean" in board.columns and board[f"{k}_mean"].notna().any()]
+    """The diffusion-aware columns some row of the board measured (non-zero somewhere)."""
+    # a column that is 0 everywhere says nothing (e.g. stability without `evaluation.repeats`)
+    return [(k, name) for k, name in SHOWN_EXTRAS if f"{k}_mean" in board.columns and (board[f"{k}_mean"] > 0).any()]
 
 
 def _extras_note(board: pd.DataFrame) -> str:

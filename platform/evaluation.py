@@ -35,6 +35,7 @@ from segarena.platform.metrics import (
 )
 from segarena.platform.plugin import Budget, MethodPlugin, Prediction, Task
 from segarena.platform.timing import time_method
+from segarena.platform.verify import PredictionError, check_prediction, count_denoiser_calls
 
 REPEAT_SEED_STRIDE = 7919  # repeat r > 0 samples with seed + r·stride (repeat 0 is the reported evaluation)
 
@@ -188,11 +189,13 @@ def _sample(method: MethodPlugin, cases: Sequence[Case], top: Budget, derived: S
     method.eval()
     nfe: dict[str, int] = {}
     prefix_ok = bool(derived)
-    with torch.inference_mode():
+    with count_denoiser_calls(method) as counter, torch.inference_mode():
         for index, batch in enumerate(_batches(cases, batch_size)):
             images = torch.stack([c.image for c in batch]).to(device)
+            counter.reset()
             out = method.predict(images, top, torch.Generator(device=device).manual_seed(batch_seed(seed, index)))
-            _check(method, out, top, images, task)
+            counted = counter.per_image(images.shape[0])  # the harness counts what it ranks
+            _verified(method, out, top, counted, images, task)
             nfe[top.name] = out.nfe
             sinks[top.name].add(batch, _cpu(out))
             prefix_ok = prefix_ok and _fuse_reproduces(method, out, top)
@@ -200,10 +203,21 @@ def _sample(method: MethodPlugin, cases: Sequence[Case], top: Budget, derived: S
                 continue
             for b in derived:
                 sub = prefix_prediction(method, out, b.ensemble, out.nfe * b.ensemble // top.ensemble)
-                _check(method, sub, b, images, task)
+                _verified(method, sub, b, counted * b.ensemble / top.ensemble, images, task)
                 nfe[b.name] = sub.nfe
                 sinks[b.name].add(batch, _cpu(sub))
     return nfe, prefix_ok
+
+
+def _verified(method: MethodPlugin, out: Prediction, budget: Budget, counted: float, images: torch.Tensor,
+              task: Task) -> None:
+    """The contract checks of platform/verify.py: counted nfe = reported nfe, probabilities in [0, 1],
+    binary masks, shapes; a breach fails the cell with one line (it is never ranked)."""
+    try:
+        check_prediction(out, budget, counted, images, task.num_classes)
+    except PredictionError as exc:
+        raise EvaluationError(f"{method.name}: {exc}") from exc
+    _check(method, out, budget, images, task)
 
 
 # Scoring ----------------------------------------------------------------------------------------------------

@@ -26,8 +26,6 @@ from monai.metrics import compute_hausdorff_distance
 # torch-free (the leaderboard reads it without torch); re-exported here for labs and the evaluation
 from segarena.platform.aggregate import SUMMARY_METRICS, aggregate  # noqa: F401
 
-COLUMNS = ("case_id", "class", "dice", "iou", "hd95", "hd95_unit", "gt_empty", "pred_empty", "gt_voxels", "pred_voxels")
-
 
 def _as_bool(x: Any) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x.detach().cpu()

@@ -27,7 +27,8 @@ class Prediction:
     mask: the method's hard mask (it owns binarisation/fusion), (B, C, H, W), bool.
     nfe: denoiser forward passes per image for this call.
     members: hard masks of each ensemble member (E, B, C, H, W) for stochastic methods.
-    extra_calls: other network passes per image counted separately (e.g. ``{"decoder": 1}``).
+    extra_calls: other network passes per image counted separately (e.g. ``{"decoder": 1}``); logged
+        per budget as the metrics ``extra_calls/<network>`` (from the batch-1 timing runs).
     member_probs: foreground probabilities of each member (E, B, C, H, W), the input of ``fuse``:
         lets the harness score smaller ensembles on prefixes of the members and measure entropy.
     """

@@ -122,11 +122,13 @@ class Cell:
 
     @property
     def variant(self) -> str:
-        """The training key without the seed: seeds of one variant are averaged on the leaderboard,
-        two variants of one method (other hparams, epochs, ...) stay separate rows."""
+        """The training key without the seed and the data: seeds of one variant are averaged on the
+        leaderboard, two variants of one method (other hparams, epochs, ...) stay separate rows."""
         d = self.training_fields()
-        d.pop("seed")
-        d.pop("dataset_hash")  # seeds of one variant share data; a data change retrains but is one row
+        # the method side only: seeds are averaged, and one variant is ranked across datasets (mean rank);
+        # changed data retrains (training key) but stays the same row
+        for k in ("seed", "dataset", "dataset_path", "dataset_params", "dataset_hash"):
+            d.pop(k)
         return stable_hash(d)[:12]
 
     def evaluation_settings(self) -> dict[str, Any]:

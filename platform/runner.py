@@ -265,23 +265,25 @@ def _run_jobs(jobs: list[Job], res: dict, address: str | None, verbose: bool, ec
     from ray import tune
 
     from segarena.platform.progress import Progress
-    from segarena.platform.ray_cluster import connect
+    from segarena.platform.ray_cluster import check_shared_storage, connect
     from segarena.platform.trial import job_resources, run_job
 
     settings = jobs[0].settings
     handle = connect(address, verbose=bool(verbose))
+    wd = WorkDir(Path(settings.workdir))
     # Tune's own notes on Ctrl-C say "resume with Tuner.restore(...)": here the next `segarena run` resumes
     logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
     try:
         import ray
 
+        # checkpoints, Ray storage and the dataset cache must be seen by every node
+        check_shared_storage(wd.root, handle.nodes)
         cluster = ray.cluster_resources()
         concurrency = plan_concurrency(cluster.get("CPU", 0), cluster.get("GPU", 0), res, len(jobs))
         echo(f"ray: {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs · {concurrency} cell(s) at a "
              f"time · {res['workers_per_trial']} worker(s) × {res['cpus_per_worker']:g} CPU per cell"
              + (f" · ray started in {handle.start_s:.1f}s" if handle.started_here else "")
              + (f" · dashboard {handle.dashboard_url}" if handle.started_here and handle.dashboard_url else ""))
-        wd = WorkDir(Path(settings.workdir))
         wires = [j.to_wire() for j in jobs]
         progress = Progress(len(jobs), concurrency, echo, plan=[{"job": w} for w in wires], prior=wd.read_eta(),
                             explain=keeper.explain)

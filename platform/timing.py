@@ -9,7 +9,7 @@ from __future__ import annotations
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -26,11 +26,12 @@ class Timing:
     throughput_batch: int
     peak_mem_mb: float
     peak_mem_kind: str  # cuda_max_allocated | cpu_max_rss
+    extra_calls: dict[str, int] = field(default_factory=dict)  # other networks' passes per image (batch 1)
 
     def metrics(self) -> dict[str, float]:
         return {"latency_ms": self.latency_ms, "latency_iqr_ms": self.latency_iqr_ms,
                 "latency_p90_ms": self.latency_p90_ms, "throughput_ips": self.throughput_ips,
-                "peak_mem_mb": self.peak_mem_mb}
+                "peak_mem_mb": self.peak_mem_mb, **{f"extra_calls/{k}": float(v) for k, v in self.extra_calls.items()}}
 
 
 def _sync(device: torch.device) -> None:
@@ -57,9 +58,13 @@ def time_method(method: MethodPlugin, images: torch.Tensor, budget: Budget, *, w
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
+    extra: dict[str, int] = {}
+
     def run(batch: torch.Tensor) -> None:
         gen = torch.Generator(device=device).manual_seed(seed)
-        method.predict(batch, budget, gen)
+        out = method.predict(batch, budget, gen)
+        if batch.shape[0] == 1:
+            extra.update(getattr(out, "extra_calls", None) or {})
 
     with torch.inference_mode():
         for i in range(warmup):
@@ -76,4 +81,4 @@ def time_method(method: MethodPlugin, images: torch.Tensor, budget: Budget, *, w
     q1, med, q3, p90 = np.percentile(lat * 1000, [25, 50, 75, 90])
     return Timing(latency_ms=float(med), latency_iqr_ms=float(q3 - q1), latency_p90_ms=float(p90),
                   throughput_ips=float(len(batch) / t_batch), throughput_batch=len(batch), peak_mem_mb=float(peak),
-                  peak_mem_kind=kind)
+                  peak_mem_kind=kind, extra_calls=dict(extra))

@@ -162,4 +162,7 @@ def _log(tracker: Tracker, run_id: str, job: Job, tags: dict[str, str], result: 
     tracker.finish_training(s.experiment_id, run_id, cell, tags, result, files, harness)
     wall = time.time() - t0
     harness.update({"logging_s": time.time() - t_log, "cell_wall_s": wall, "overhead_s": wall - harness["compute_s"]})
+    # known only once everything is logged: tags, which may follow FINISHED (harness.json holds the rest)
+    tracker.set_tags(run_id, {f"{PREFIX}harness.{k}": f"{harness[k]:.3f}" for k in ("logging_s", "cell_wall_s",
+                                                                                   "overhead_s")})
     return {f"harness/{k}": v for k, v in harness.items()}

@@ -1,14 +1,20 @@
-"""Report inputs built from plain DataFrames: two datasets, four rows (one with a hostile plugin name), two seeds."""
+"""Report inputs built from plain DataFrames: two datasets, four rows (one with a hostile plugin name), two seeds,
+and a prediction grid on the first dataset (flat-colour PNGs, one hostile case id, one row without predictions)."""
 
 from __future__ import annotations
+
+import io
 
 import numpy as np
 import pandas as pd
 
 from segarena.dashboards.data import ReportData
+from segarena.dashboards.prediction_grid import Overlay, PredictionGrid, PredictionRow
 
 XSS = "<img src=x onerror=alert(1)>"
 XSS_ERROR = "ValueError: <script>alert(2)</script>"
+XSS_CASE = '"><script>alert(3)</script>'
+NOT_STORED = "not stored (evaluation.save_predictions: none)"
 KEYS = ["suite", "dataset", "method", "variant", "profile", "budget"]
 ROWS = (("unet", "direct-e1", 0.86, 6.0, 1.0), ("cdal", "posterior2-e1", 0.85, 30.0, 2.0),
         ("cdal", "posterior2-e3", 0.855, 60.0, 6.0), (XSS, "direct-e1", 0.70, 15.0, 1.0))
@@ -40,8 +46,9 @@ def report_data(suite: str = "demo", seed: int = 0) -> ReportData:
                             curves.append({"dataset": d, "method": method, "variant": variant, "seed": s,
                                            "train_run": train, "key": key, "step": e, "value": v})
     cases = pd.DataFrame(rows)
-    return ReportData(suite=suite, board=board_of(cases), cases=cases, curves=pd.DataFrame(curves),
-                      cells=pd.DataFrame(cells), source="sqlite:///tmp/demo.db",
+    board = board_of(cases)
+    return ReportData(suite=suite, board=board, cases=cases, curves=pd.DataFrame(curves),
+                      cells=pd.DataFrame(cells), source="sqlite:///tmp/demo.db", predictions=prediction_grids(board),
                       failed=pd.DataFrame([{"suite": suite, "dataset": DATASETS[1], "method": "sdseg", "seed": "2",
                                             "error": XSS_ERROR, "run_id": "f1"}]))
 
@@ -65,3 +72,37 @@ def board_of(cases: pd.DataFrame) -> pd.DataFrame:
     board = board.sort_values(["suite", "dataset", "dice_mean"], ascending=[True, True, False])
     board.insert(2, "rank", board.groupby(["suite", "dataset"]).cumcount() + 1)
     return board.reset_index(drop=True)
+
+
+def overlay_png(shade: int, width: int = 120, height: int = 72) -> bytes:
+    """A flat-colour stand-in for a stored overlay (grey image, green and red contours): ≤ 64 colours, so
+    the report's palette recompression keeps every pixel."""
+    from PIL import Image
+
+    a = np.full((height, width, 3), shade, np.uint8)
+    a[10:30, 10:40] = (0, 255, 0)
+    a[40:60, 20:70] = (255, 0, 0)
+    a[:, width // 2 + 2:] = 255 - shade
+    out = io.BytesIO()
+    Image.fromarray(a).save(out, format="PNG")
+    return out.getvalue()
+
+
+def prediction_grids(board: pd.DataFrame) -> dict[str, PredictionGrid]:
+    """The first dataset's rows: three overlays each (one hostile case id; the second row lacks its median
+    case), the hostile plugin's row stored none. The second dataset has no grid."""
+    grid = PredictionGrid(DATASETS[0], rule="one row per leaderboard row (4)")
+    part = board[board["dataset"] == DATASETS[0]].sort_values("rank")
+    for i, r in enumerate(part.itertuples(index=False)):
+        if r.method == XSS:
+            grid.rows.append(PredictionRow(r.method, r.variant, r.budget, "0", f"e-{i}", (), NOT_STORED))
+            continue
+        kinds = ("best", "worst") if i == 1 else ("best", "median", "worst")
+        overlays = tuple(Overlay(k, 1, XSS_CASE if (i, k) == (0, "best") else f"case{j:02d}", 0.9 - 0.2 * j,
+                                 overlay_png(40 * (i + 1) + 10 * j)) for j, k in enumerate(kinds))
+        grid.rows.append(PredictionRow(r.method, r.variant, r.budget, "0", f"e-{i}", overlays))
+    return {DATASETS[0]: grid}
+
+
+def grid_images(data: ReportData) -> int:
+    return sum(len(r.overlays) for g in data.predictions.values() for r in g.rows)

@@ -57,7 +57,8 @@ def test_every_section_per_dataset(data, page):
     for d in fx.DATASETS:
         assert f"<h2>{d}</h2>" in page
     assert "Across datasets: mean rank" in page and "Failed cells" in page
-    assert page.count("holds no saved predictions") == n  # the grid says why it is not there
+    assert page.count("no stored predictions were read for this dataset") == n - 1  # the grid says why not
+    assert page.count('<img class="pred-img"') == fx.grid_images(data)  # ... and is there where stored
     assert page.count("Cells (training runs and hyperparameters)") == n
 
 
@@ -172,6 +173,125 @@ def test_png_export_with_kaleido_and_the_system_chromium(data, tmp_path):
     assert res.engine == "kaleido" and len(res.paths) == 3
     for p in res.paths:
         _png_ok(p, (WIDTH * SCALE, HEIGHT * SCALE))
+
+
+# ---------------------------------------------------------------------------------------------- prediction grid
+def _embedded_pngs(html: str) -> list[bytes]:
+    import base64
+
+    return [base64.b64decode(b) for b in re.findall(r'<img class="pred-img" src="data:image/png;base64,([^"]+)"', html)]
+
+
+def _pixels(png: bytes) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def test_prediction_grid_rows_images_and_escaping(data, page):
+    grid = page[page.index(f"<h2>{fx.DATASETS[0]}</h2>"):page.index(f"<h2>{fx.DATASETS[1]}</h2>")]
+    table_html = grid[grid.index('<table class="predgrid">'):]
+    table_html = table_html[:table_html.index("</table>")]
+    assert table_html.count("<tr><th>") - 1 == len(data.predictions[fx.DATASETS[0]].rows) == 4  # + the header
+    pngs = _embedded_pngs(grid)
+    assert len(pngs) == fx.grid_images(data) == 8  # 3 + 2 + 3: the row missing its median case has a dash
+    first = data.predictions[fx.DATASETS[0]].rows[0].overlays[0]
+    np.testing.assert_array_equal(_pixels(pngs[0]), _pixels(first.png))  # palette recompression kept the pixels
+    assert fx.XSS_CASE not in page and "alert(3)" in page
+    assert 'alt="best 1: &quot;&gt;&lt;script&gt;alert(3)&lt;/script&gt; · Dice 0.900"' in grid  # attribute too
+    assert f'<td colspan="3" class="pred-missing">{fx.NOT_STORED}</td>' in grid
+    assert '<td class="pred-none">–</td>' in grid
+    assert "at most 3 images per row, at most 12 rows per dataset" in grid
+
+
+def test_grid_shows_each_methods_best_budget_on_a_large_board():
+    from segarena.dashboards.prediction_grid import select_rows
+
+    small = pd.DataFrame({"rank": [2, 1, 3], "method": ["a", "b", "a"], "variant": "v", "budget": ["x", "y", "z"]})
+    rows, rule = select_rows(small)
+    assert rows["rank"].tolist() == [1, 2, 3] and rule == "one row per leaderboard row (3)"
+    n = 30  # 15 methods × 2 budgets, ranks interleaved
+    big = pd.DataFrame({"rank": range(1, n + 1), "method": [f"m{i % 15:02d}" for i in range(n)], "variant": "v",
+                        "budget": [f"b{i // 15}" for i in range(n)]})
+    rows, rule = select_rows(big.sample(frac=1, random_state=0))
+    assert len(rows) == 12 and rows["method"].is_unique and rows["rank"].tolist() == list(range(1, 13))
+    assert "12 of 15 methods shown, the first 12 by rank" in rule
+
+
+def test_slug_rule_matches_the_evaluation_writer():
+    pytest.importorskip("torch")
+    from segarena.dashboards.prediction_grid import slug
+    from segarena.platform.predictions import _slug
+
+    for case in (fx.XSS_CASE, "mni152_z121", "a b/c", "x" * 120, "é-ü.1"):
+        assert slug(case) == _slug(case)
+
+
+def _finish_with_predictions(tracker, exp, tt, cell, case_ids, dices, pngs: dict[str, bytes] | None, tmp):
+    """One training + one evaluation run in the store; ``pngs`` (overlay file name → bytes) as the run's
+    ``predictions/overlays/`` artifacts, None = the evaluation stored none."""
+    import dataclasses
+
+    from segarena.platform.records import Budget
+    from segarena.platform.tracking import cell_tags
+
+    res = tt.result({"direct-e1": (Budget(), dices, 0.5)})
+    res.per_case["case_id"] = case_ids
+    if pngs is not None:
+        folder = Path(tmp) / f"{cell.method}-{cell.seed}"
+        (folder / "direct-e1" / "overlays").mkdir(parents=True)
+        for name, data in pngs.items():
+            (folder / "direct-e1" / "overlays" / name).write_bytes(data)
+        (folder / "direct-e1" / "predictions.npz").write_bytes(b"not read by the report")
+        res = dataclasses.replace(res, predictions=str(folder))
+    tags = cell_tags(cell, "0.1.0", "abc")
+    run_id = tracker.start_training(exp, cell, tags)
+    tracker.finish_training(exp, run_id, cell, tags, res, {"config.json": {"cell": cell.as_dict()}}, {})
+
+
+def test_prediction_grid_from_a_real_store(tmp_path):
+    """Eval runs in a SQLite store with stored overlays (one hostile case id): the report embeds the lowest
+    seed's images, maps file-name slugs back to case ids, and says so where a row stored none."""
+    import dataclasses
+
+    tt = _load("test_tracking")
+    from segarena.dashboards.data import load_report_data
+    from segarena.dashboards.prediction_grid import slug
+    from segarena.platform.tracking import Tracker
+    from segarena.platform.workdir import WorkDir
+
+    root = WorkDir.at(tmp_path / "runs")
+    tracker = Tracker(root.tracking_uri, root)
+    exp = tracker.experiment("grid-suite")
+    ids = [fx.XSS_CASE, "c1", "c2", "c3"]
+    best, median, worst = fx.overlay_png(30), fx.overlay_png(90), fx.overlay_png(150)
+    files = {f"best1_{slug(ids[0])}.png": best, "best2_c1.png": fx.overlay_png(60),
+             "median1_c1.png": fx.overlay_png(70), "median2_c2.png": median, "median3_c3.png": fx.overlay_png(110),
+             "worst1_c3.png": worst, "worst2_c2.png": fx.overlay_png(200), "notes.txt": b"ignored"}
+    for seed in (1, 0):  # seed 1 first: the grid must still pick seed 0's run
+        cell = tt.make_cell("grid-suite", "unet", seed)
+        _finish_with_predictions(tracker, exp, tt, cell, ids, [0.95, 0.8, 0.7, 0.4],
+                                 files if seed == 0 else {"best1_c1.png": fx.overlay_png(250)}, tmp_path)
+    weak = dataclasses.replace(tt.make_cell("grid-suite", "weak", 0), evaluation={"save_predictions": "none"})
+    _finish_with_predictions(tracker, exp, tt, weak, ids, [0.5, 0.4, 0.3, 0.2], None, tmp_path)
+
+    data = load_report_data(tracker, "grid-suite")
+    rows = data.predictions["synthetic"].rows
+    assert [(r.method, r.seed) for r in rows] == [("unet", "0"), ("weak", "0")]
+    assert [(o.kind, o.rank, o.case_id) for o in rows[0].overlays] == [
+        ("best", 1, fx.XSS_CASE), ("median", 2, "c2"), ("worst", 1, "c3")]
+    assert rows[0].overlays[0].dice == pytest.approx(0.95)
+    assert rows[1].overlays == () and rows[1].note == fx.NOT_STORED  # its logged evaluation.save_predictions
+    html = build_html(data, CONFIG)
+    pngs = _embedded_pngs(html)
+    assert len(pngs) == 3
+    for got, want in zip(pngs, (best, median, worst), strict=True):
+        np.testing.assert_array_equal(_pixels(got), _pixels(want))
+    assert fx.XSS_CASE not in html and "&quot;&gt;&lt;script&gt;alert(3)&lt;/script&gt; · Dice 0.950" in html
+    assert "not stored (evaluation.save_predictions: none)" in html
 
 
 # ---------------------------------------------------------------------------------------------- leaderboard text

@@ -112,3 +112,10 @@ def test_job_round_trips_through_the_wire():
     job = Job("evaluate", _cell(), (Budget(5, 1, "ddim"),), s, train_run_id="r")
     assert Job.from_wire(job.to_wire()) == job
     assert not Job("train", _cell(), (), s).in_trial and job.in_trial  # 2 workers train through Ray Train
+
+
+def test_a_variant_spans_seeds_and_datasets_but_not_hyperparameters():
+    """One variant is one leaderboard row per dataset and one entry of the mean rank across datasets."""
+    base = _cell()
+    assert base.variant == _cell(seed=4).variant == _cell(dataset="other", dataset_params={"size": 32}).variant
+    assert base.variant != _cell(hparams={"lr": 0.2}).variant != _cell(epochs=9).variant

@@ -6,7 +6,9 @@ cells; Ray Train's controller + worker group for several), data and plugin setup
 (training + evaluation), hand-back to the trial, MLflow logging. Harness efficiency =
 Σ compute / (driver wall × concurrent slots). Writes benchmarks/perf/results/harness_overhead.{json,md}.
 
-    .venv/bin/python benchmarks/perf/harness_overhead.py [SUITE]
+    .venv/bin/python benchmarks/perf/harness_overhead.py [SUITE] [WORKDIR]
+
+WORKDIR (default: a temporary folder, deleted) must not hold the suite yet: every cell is trained.
 """
 
 from __future__ import annotations
@@ -43,13 +45,11 @@ def _noop_trial(config: dict) -> None:
 
 def ray_train_floor(storage: str, n: int = 4) -> list[float]:
     """Wall time of a TorchTrainer whose loop does nothing, one at a time: Ray's own floor per cell."""
-    import ray
     from ray import tune
 
-    from segarena.platform.ray_cluster import RAY_ENV
+    from segarena.platform.ray_cluster import connect
 
-    os.environ.update({k: os.environ.get(k, v) for k, v in RAY_ENV.items()})
-    ray.init(num_cpus=os.cpu_count(), log_to_driver=False, logging_level="WARNING")
+    handle = connect(None)  # the same private local Ray a suite run gets
     try:
         grid = tune.Tuner(tune.with_resources(_noop_trial, {"cpu": 0, "memory": 64 * 2**20}),
                           param_space={"i": tune.grid_search(list(range(n))), "storage": storage},
@@ -57,10 +57,10 @@ def ray_train_floor(storage: str, n: int = 4) -> list[float]:
                           run_config=tune.RunConfig(storage_path=storage, verbose=0)).fit()
         return sorted(float(v) for v in grid.get_dataframe()["wall_s"])
     finally:
-        ray.shutdown()
+        handle.shutdown()
 
 
-def main(suite: str = "default") -> dict:
+def main(suite: str = "default", workdir: str | None = None) -> dict:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from segarena.platform.fingerprint import fingerprint
@@ -68,7 +68,9 @@ def main(suite: str = "default") -> dict:
     from segarena.platform.tracking import KIND_TRAIN, Tracker
     from segarena.platform.workdir import WorkDir
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = workdir or scratch
+        load_before = os.getloadavg()
         t0 = time.time()
         lines_seen: list[str] = []
         summary = run_suite(suite, tmp, echo=lines_seen.append)
@@ -78,11 +80,15 @@ def main(suite: str = "default") -> dict:
         rows = []
         for run in tracker.runs([summary.experiment_id], KIND_TRAIN):
             h = tracker.load_json(run.info.run_id, "harness.json")
+            h |= {k.split("harness.", 1)[1]: float(v) for k, v in run.data.tags.items()
+                  if k.startswith("segarena.harness.")}  # logging_s, cell_wall_s, overhead_s
             rows.append({"cell": f"{run.data.tags['segarena.method']} × {run.data.tags['segarena.dataset']}",
                          **{p: round(h.get(p, float("nan")), 2) for p in PARTS}})
         slots = next((int(ln.split(" cell(s) at a time")[0].rsplit("·", 1)[1]) for ln in lines_seen
                       if " cell(s) at a time" in ln), 1)
-        floor = ray_train_floor(str(Path(tmp) / "floor"))
+        if summary.skipped:
+            raise SystemExit(f"{tmp} already holds {summary.skipped} finished cell(s): give an empty work dir")
+        floor = ray_train_floor(str(Path(scratch) / "floor"))
     rows.sort(key=lambda r: r["cell"])
     overhead = sum(r["overhead_s"] for r in rows)
     compute = sum(r["compute_s"] for r in rows)
@@ -93,7 +99,7 @@ def main(suite: str = "default") -> dict:
               "sum_compute_s": round(compute, 1), "overhead_to_compute": round(overhead / max(compute, 1e-9), 2),
               "ray_train_noop_trainer_s": [round(f, 2) for f in floor],
               "machine": {k: fingerprint()[k] for k in ("cpu", "cpu_count", "device_name")},
-              "load_average_at_end": os.getloadavg()}
+              "load_average_before": load_before, "load_average_at_end": os.getloadavg()}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "harness_overhead.json").write_text(json.dumps(result, indent=1))
     lines = [f"# Harness overhead per cell — suite `{suite}`", "",
@@ -112,4 +118,4 @@ def main(suite: str = "default") -> dict:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:2])
+    main(*sys.argv[1:3])

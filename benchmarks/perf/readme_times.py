@@ -40,7 +40,8 @@ def readme_commands(readme: Path = REPO / "README.md") -> list[str]:
 def plan(repo: Path = REPO) -> dict:
     head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
     return {"repo": str(repo), "commit": head.stdout.strip(), "env": ENV,
-            "commands": [{"command": c, "parts": [p.strip() for p in c.split("&&")]} for c in readme_commands()]}
+            "commands": [{"index": i + 1, "command": c, "parts": [p.strip() for p in c.split("&&")]}
+                         for i, c in enumerate(readme_commands())]}
 
 
 def _summary(output: str) -> dict:
@@ -54,6 +55,28 @@ def _summary(output: str) -> dict:
     if m := re.search(r"suite '([^']+)': (.*?) · (\d+)s wall", output):
         out |= {"suite": m.group(1), "suite_summary": m.group(2), "suite_wall_s": int(m.group(3))}
     return out
+
+
+def _clock(text: str) -> int:
+    parts = [int(x) for x in text.split(":")]
+    return parts[0] * 60 + parts[1] if len(parts) == 2 else parts[0] * 3600 + parts[1] * 60 + parts[2]
+
+
+def eta_accuracy(output: str) -> list[dict]:
+    """The run's ETA at each cell start against the time that really remained (issue: ±30 % from the
+    third cell on), read from the progress lines ``[k/N cells · M:SS elapsed · ETA M:SS] start ...``."""
+    pat = re.compile(r"\[(\d+)/(\d+) cells · ([\d:]+) elapsed · ETA ([\d:?]+)\] (start|done)")
+    events = [m.groups() for m in map(pat.search, output.splitlines()) if m]
+    if not events:
+        return []
+    end = max(_clock(e[2]) for e in events)
+    rows = []
+    for i, (_, _, elapsed, eta, _kind) in enumerate(e for e in events if e[4] == "start"):
+        left = end - _clock(elapsed)
+        est = None if eta == "?" else _clock(eta)
+        rows.append({"cell_start": i + 1, "elapsed_s": _clock(elapsed), "eta_s": est, "remaining_s": left,
+                     "error": None if est is None or left == 0 else round((est - left) / left, 3)})
+    return rows
 
 
 def measure(command: dict, repo: Path, keep: bool) -> dict:
@@ -73,9 +96,13 @@ def measure(command: dict, repo: Path, keep: bool) -> dict:
             parts.append({"part": part, "seconds": round(took, 1), "exit_code": proc.returncode})
             if proc.returncode != 0:
                 break
+        text = "\n".join(outputs)
+        RESULTS.mkdir(exist_ok=True)
+        log = RESULTS / f"readme_times_command{command['index']}.log"
+        log.write_text(text[-200_000:])
         return {"command": command["command"], "parts": parts, "total_s": round(sum(p["seconds"] for p in parts), 1),
-                "ok": all(p["exit_code"] == 0 for p in parts), "loadavg": load,
-                **_summary("\n".join(outputs)), "output_tail": "\n".join(outputs)[-2000:]}
+                "ok": all(p["exit_code"] == 0 for p in parts), "loadavg": load, "log": log.name,
+                "eta_accuracy": eta_accuracy(text), **_summary(text), "output_tail": text[-2000:]}
     finally:
         if not keep:
             shutil.rmtree(tmp, ignore_errors=True)
