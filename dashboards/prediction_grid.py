@@ -76,11 +76,12 @@ def select_rows(part: pd.DataFrame, max_rows: int = MAX_ROWS) -> tuple[pd.DataFr
     """The board rows of one dataset the grid shows (rank order) and the rule, in words."""
     part = part.sort_values("rank", kind="stable")
     if len(part) <= max_rows:
-        return part, f"one row per leaderboard row ({len(part)})"
+        return part, f"one per leaderboard row ({len(part)})"
     best = part.drop_duplicates(["method", "variant"], keep="first")
-    rule = (f"the leaderboard has {len(part)} rows: one row per method, its best-ranked budget "
-            f"({min(len(best), max_rows)} of {len(best)} methods shown")
-    return best.head(max_rows), rule + (f", the first {max_rows} by rank)" if len(best) > max_rows else ")")
+    shown = (f"the first {max_rows} of {len(best)} methods by rank" if len(best) > max_rows
+             else f"{len(best)} methods")
+    return best.head(max_rows), (f"the leaderboard has {len(part)} rows, so one per method at its best-ranked "
+                                 f"budget ({shown})")
 
 
 def _seed_order(seed: Any) -> tuple[int, Any]:
@@ -170,13 +171,13 @@ def load_prediction_grids(tracker: Any, board: pd.DataFrame, seeds: pd.DataFrame
     return grids
 
 
-NOTE = ("Columns: the evaluation's best, median and worst test case by Dice (at most {kinds} images per row, "
-        "at most {rows} rows per dataset: {rule}); each from the lowest seed's evaluation run of the row. "
-        "Each image: the case with the ground truth contour (green) and the prediction contour (red), beside "
-        "the ensemble members' disagreement 4v(1−v) (black where all members agree, so all black for one "
+NOTE = ("Rows: {rule}; at most {rows} rows per dataset, each from the lowest seed's evaluation run of its "
+        "leaderboard row. Columns: that run's best, median and worst test case by Dice (at most {kinds} images "
+        "per row). Each image: the case with the ground truth contour (green) and the prediction contour (red), "
+        "beside the ensemble members' disagreement 4v(1−v) (black where all members agree, so all black for one "
         "member). Images are the overlays stored with the evaluation run (artifacts predictions/overlays/), "
-        "recompressed to {colors} colours; the masks and probabilities of every test case are in its "
-        "artifact predictions/predictions.npz (stored below 500 test cases).")
+        "recompressed to {colors} colours; the masks and probabilities of every test case are in its artifact "
+        "predictions/predictions.npz (stored below 500 test cases).")
 
 
 def _cell(o: Overlay | None) -> str:

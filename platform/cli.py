@@ -57,6 +57,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     tracker = _tracker(args)
     board, failed = leaderboard(tracker, summary.suite)
     print(render(board, failed, "table"))
+    from segarena.platform.search import search_summary
+
+    searched = search_summary(tracker, summary.experiment_id)
+    if searched:
+        print("\n" + "\n".join(searched))
     report = write_report(tracker, summary.suite, default_output(args.workdir, summary.suite)) if len(board) else None
     print("\n" + next_steps(Path(args.workdir), summary.suite, report))
     if summary.interrupted:

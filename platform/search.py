@@ -617,7 +617,7 @@ def run_searches(spec: Any, path: Path | str, cells: list[Cell], tracker: Any, s
 def search_outcomes(spec: Any, path: Path | str, cells: list[Cell], tracker: Any, settings: Settings,
                     address: str | None, verbose: bool,
                     echo: Callable[[str], None]) -> list[tuple[SearchOutcome, list[Cell]]]:
-    from segarena.platform.ray_cluster import connect
+    from segarena.platform.ray_cluster import check_shared_storage, connect
     from segarena.platform.registry import discover
     from segarena.platform.runner import plan_concurrency
     from segarena.platform.workdir import WorkDir
@@ -640,7 +640,10 @@ def search_outcomes(spec: Any, path: Path | str, cells: list[Cell], tracker: Any
             else:
                 import ray
 
-                handle = handle or connect(address, verbose=bool(verbose))
+                if handle is None:
+                    handle = connect(address, verbose=bool(verbose))
+                    # trials read the dataset cache and write Tune storage in the work dir, on any node
+                    check_shared_storage(WorkDir(Path(settings.workdir)).root, handle.nodes)
                 cluster = ray.cluster_resources()
                 res = spec.resources.model_dump()
                 concurrency = plan_concurrency(cluster.get("CPU", 0), cluster.get("GPU", 0), res, plan.search["trials"])

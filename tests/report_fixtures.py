@@ -91,7 +91,7 @@ def overlay_png(shade: int, width: int = 120, height: int = 72) -> bytes:
 def prediction_grids(board: pd.DataFrame) -> dict[str, PredictionGrid]:
     """The first dataset's rows: three overlays each (one hostile case id; the second row lacks its median
     case), the hostile plugin's row stored none. The second dataset has no grid."""
-    grid = PredictionGrid(DATASETS[0], rule="one row per leaderboard row (4)")
+    grid = PredictionGrid(DATASETS[0], rule="one per leaderboard row (4)")
     part = board[board["dataset"] == DATASETS[0]].sort_values("rank")
     for i, r in enumerate(part.itertuples(index=False)):
         if r.method == XSS:

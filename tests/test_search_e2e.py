@@ -124,7 +124,7 @@ def _trial_runs(tracker: Tracker, exp: str) -> list:
 
 
 @pytest.mark.ray
-@pytest.mark.slow  # measured 123 s at load average 12-26 on 2 cores (6 trials of a one-layer net)
+@pytest.mark.slow  # measured 23 s (load 5) to 123 s (load 26) on 2 cores: 6 one-layer-net trials
 def test_nan_trials_fail_in_mlflow_and_searcher_and_no_group_outlives_stopped_trials(ray_session, tmp_path):
     plugins = _plugin(tmp_path, ["no", "no", "nan"])
     suite = tmp_path / "flaky.yaml"
@@ -187,7 +187,7 @@ evaluation: {timing_repeats: 3, timing_warmup: 1, throughput_batch: 2, val_cases
 
 
 @pytest.mark.ray
-@pytest.mark.slow  # measured 42 s on 2 cores: three MedSegDiff trials of 180 steps
+@pytest.mark.slow  # measured 42-81 s on 2 cores: three MedSegDiff trials of 180 steps
 def test_pareto_search_returns_non_dominated_points_at_different_budgets(ray_session, tmp_path):
     suite = tmp_path / "pareto.yaml"
     suite.write_text(PARETO)
@@ -235,7 +235,7 @@ def _count_recorded(db: Path) -> int:
 
 
 @pytest.mark.ray
-@pytest.mark.slow  # measured 108 s: a driver killed mid-search, a resuming run, a skipping run
+@pytest.mark.slow  # measured 100-108 s: a killed driver, a resuming run, a skipping run
 def test_killed_driver_resumes_search_without_rerunning_recorded_trials(ray_session, tmp_path):
     from segarena.platform.leaderboard import leaderboard
     from segarena.platform.runner import run_suite
