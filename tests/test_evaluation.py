@@ -18,10 +18,12 @@ class Thresholder(MethodPlugin):
 
     name = "thresholder"
     paper = "test"
+    denoiser = "net"  # an identity the harness counts: nfe passes per image
 
     def __init__(self, passes: int = 1, nan: bool = False) -> None:
         super().__init__({}, TASK)
         self.passes, self.nan = passes, nan
+        self.net = torch.nn.Identity()
 
     @classmethod
     def profiles(cls):
@@ -37,6 +39,8 @@ class Thresholder(MethodPlugin):
         return {"loss": 0.0}
 
     def predict(self, images, budget, generator=None):
+        for _ in range(budget.nfe * self.passes):
+            images = self.net(images)
         probs = (images > 0.5).float()
         if self.nan:
             probs = probs * float("nan")
@@ -74,8 +78,8 @@ def test_nfe_must_be_the_budget_or_a_whole_multiple():
     evaluate(Thresholder(passes=3), cases, [Budget(steps=2)], TASK, torch.device("cpu"), 0, CFG)
 
     class Liar(Thresholder):
-        def predict(self, images, budget, generator=None):
-            return Prediction(probs=images.clamp(0, 1), mask=images > 0.5, nfe=1)
+        def predict(self, images, budget, generator=None):  # one pass, honestly counted, for 2 steps
+            return Prediction(probs=self.net(images).clamp(0, 1), mask=images > 0.5, nfe=1)
 
     with pytest.raises(EvaluationError, match="reported nfe 1"):
         evaluate(Liar(), cases, [Budget(steps=2)], TASK, torch.device("cpu"), 0, CFG)

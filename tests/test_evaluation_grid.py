@@ -38,10 +38,12 @@ class NoisyMembers(MethodPlugin):
     name = "noisy-members"
     paper = "test"
     stochastic = True
+    denoiser = "net"  # an identity the harness counts: steps passes per member
 
     def __init__(self, noise: float = 1.0, fusion: str = "mean") -> None:
         super().__init__({}, TASK)
         self.noise, self.fusion = noise, fusion
+        self.net = torch.nn.Identity()
 
     @classmethod
     def profiles(cls):
@@ -56,9 +58,15 @@ class NoisyMembers(MethodPlugin):
     def training_step(self, batch):
         return {"loss": 0.0}
 
+    def _passes(self, images, steps):
+        for _ in range(steps):
+            images = self.net(images)
+        return images
+
     def predict(self, images, budget, generator=None):
-        member_probs = torch.stack([torch.sigmoid(4 * (images - 0.5) + self.noise * torch.randn(
-            images.shape, generator=generator)) for _ in range(budget.ensemble)])
+        member_probs = torch.stack([torch.sigmoid(4 * (self._passes(images, budget.steps) - 0.5) + self.noise
+                                                  * torch.randn(images.shape, generator=generator))
+                                    for _ in range(budget.ensemble)])
         probs, mask = self._fuse_as_predicted(member_probs)
         return Prediction(probs=probs, mask=mask, nfe=budget.nfe, members=member_probs > 0.5,
                           member_probs=member_probs)

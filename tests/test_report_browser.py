@@ -47,5 +47,6 @@ def test_report_opens_offline_with_every_plot_and_no_console_error(browser, tmp_
     assert page.board_rows == len(data.board)
     assert all(not r.startswith(("http:", "https:")) for r in page.requests), page.requests  # nothing fetched
     assert page.injected_images == 0  # the hostile plugin name did not become an <img> (nor fire alert())
+    assert page.pred_images == fx.grid_images(data) > 0  # the prediction grid's embedded PNGs decoded
     assert fx.XSS in page.text and fx.XSS_ERROR in page.text  # ... it shows as the text it is
     assert shot.stat().st_size > 20_000

@@ -50,7 +50,8 @@ class TracedMethod(MethodPlugin):
 
     def predict(self, images, budget, generator=None):
         noise = torch.rand(images.shape[0], 1, 1, 1, generator=generator) * 0.01
-        probs = (self.net(images) + noise).sigmoid()
+        logits = sum(self.net(images) for _ in range(budget.nfe)) / budget.nfe  # nfe honest passes
+        probs = (logits + noise).sigmoid()
         return Prediction(probs=probs, mask=probs > 0.5, nfe=budget.nfe)
 '''
 
