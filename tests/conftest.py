@@ -18,7 +18,7 @@ from segarena.platform.plugin import Budget, MethodPlugin, Prediction
 
 
 class {cls}(MethodPlugin):
-    """A one-layer method for tests; `fail` makes training yield NaN (or raise)."""
+    """A one-layer method for tests; `fail`: nan | raise (training), lie | logits (prediction)."""
     name = "{name}"
     version = "0.0.1"
     paper = "test plugin"
@@ -50,7 +50,13 @@ class {cls}(MethodPlugin):
         return {{"loss": float("nan") if self.hparams["fail"] == "nan" else loss.item()}}
 
     def predict(self, images, budget, generator=None):
-        probs = sum(self.net(images) for _ in range(budget.nfe)).div(budget.nfe).sigmoid()  # nfe counted passes
+        if self.hparams["fail"] == "lie":  # five denoiser passes, one reported
+            logits = sum(self.net(images) for _ in range(5 * budget.nfe)) / 5
+            return Prediction(probs=logits.sigmoid(), mask=logits > 0, nfe=budget.nfe)
+        logits = sum(self.net(images) for _ in range(budget.nfe)).div(budget.nfe)  # nfe counted passes
+        if self.hparams["fail"] == "logits":  # logits × 3 handed over as probabilities
+            return Prediction(probs=logits * 3, mask=logits > 0, nfe=budget.nfe)
+        probs = logits.sigmoid()
         return Prediction(probs=probs, mask=probs > 0.5, nfe=budget.nfe)
 '''
 

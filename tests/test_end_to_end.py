@@ -18,6 +18,8 @@ methods:
     profile: tiny
   - name: boomy
     profile: tiny
+  - name: liar
+  - name: logity
 datasets:
   - name: synthetic
     params: {size: 32, n_cases: 16}
@@ -31,6 +33,8 @@ evaluation: {timing_repeats: 2, timing_warmup: 1, throughput_batch: 2, val_cases
 def test_suite_runs_reruns_without_duplicates_and_ranks(ray_session, tmp_path, make_plugin_dir):
     plugins = make_plugin_dir("nanny", fail="nan")
     make_plugin_dir("boomy", fail="raise")
+    make_plugin_dir("liar", fail="lie")
+    make_plugin_dir("logity", fail="logits")
     suite = tmp_path / "e2e.yaml"
     suite.write_text(SUITE)
     workdir = tmp_path / "runs"
@@ -47,16 +51,20 @@ def test_suite_runs_reruns_without_duplicates_and_ranks(ray_session, tmp_path, m
 
     lines: list[str] = []
     first = run_suite(suite, workdir, plugin_dirs=[str(plugins)], echo=lines.append)
-    assert (first.total, first.skipped, first.orphans_marked, first.ran) == (3, 0, 1, 3)
+    assert (first.total, first.skipped, first.orphans_marked, first.ran) == (5, 0, 1, 5)
     errors = dict(first.failures)
-    assert sorted(errors) == ["boomy × synthetic · seed 0", "nanny × synthetic · seed 0"]
+    assert sorted(errors) == ["boomy × synthetic · seed 0", "liar × synthetic · seed 0", "logity × synthetic · seed 0",
+                              "nanny × synthetic · seed 0"]
+    # the harness measures what it ranks: a plugin that hides denoiser passes, or hands over logits
+    assert "reports nfe 1 but the harness counted 5" in errors["liar × synthetic · seed 0"]
+    assert "outside [0, 1]" in errors["logity × synthetic · seed 0"]
     assert "nan" in errors["nanny × synthetic · seed 0"].lower()
     assert errors["boomy × synthetic · seed 0"] == "ValueError: boom from a plugin"
-    assert any("epoch 2/2" in ln for ln in lines) and any(ln.startswith("[3/3 cells") for ln in lines)
+    assert any("epoch 2/2" in ln for ln in lines) and any(ln.startswith("[5/5 cells") for ln in lines)
     assert tracker.client.get_run(orphan).info.status == "FAILED"
 
     second = run_suite(suite, workdir, plugin_dirs=[str(plugins)], echo=lines.append)
-    assert (second.skipped, second.ran) == (1, 2)  # unet skipped, the failed cells retried
+    assert (second.skipped, second.ran) == (1, 4)  # unet skipped, the failed cells retried
 
     train = tracker.runs([exp], KIND_TRAIN)
     finished = [r for r in train if r.info.status == "FINISHED"]
@@ -73,7 +81,7 @@ def test_suite_runs_reruns_without_duplicates_and_ranks(ray_session, tmp_path, m
     board, failed = leaderboard(tracker, "e2e")
     assert list(board["method"]) == ["unet"] and board.iloc[0]["n_seeds"] == 1
     assert board.iloc[0]["dice_mean"] == pytest.approx(evals[0].data.metrics["dice"])
-    assert sorted(failed["method"]) == ["boomy", "nanny"]
+    assert sorted(failed["method"]) == ["boomy", "liar", "logity", "nanny"]  # failed, never ranked
     assert "boom from a plugin" in failed.set_index("method").loc["boomy", "error"]
 
 
