@@ -14,9 +14,10 @@ DEFAULT_WORKDIR = "segarena-runs"
 
 DESCRIPTION = """One HTML file per suite, read from the tracking store alone: per dataset the leaderboard
 with 95% paired-bootstrap CIs and rank groups (Wilcoxon signed-rank + Holm), Dice vs latency with its Pareto
-front, Dice vs nfe per method, per-case Dice and HD95, bootstrap rank stability, the pairwise significance map
-and training curves. plotly.js is embedded: the file opens offline. --png also writes each figure as a PNG
-(kaleido through the system Chromium, else matplotlib)."""
+front, Dice vs nfe per method, per-case Dice and HD95, bootstrap rank stability, the pairwise significance map,
+training curves and a prediction grid (the stored best / median / worst overlays). plotly.js is embedded: the
+file opens offline. --png also writes each figure as a PNG (kaleido through the system Chromium, else
+matplotlib)."""
 
 
 def add_parser(sub: Any) -> None:
