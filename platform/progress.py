@@ -44,6 +44,16 @@ class JobInfo(NamedTuple):
     epochs: int
 
 
+def default_eta_prior() -> dict[str, Any]:
+    """Step costs of the built-in methods measured on a 2-core CPU (``eta_prior.json`` beside this file):
+    the first ETA of a fresh work dir, replaced by each method's own first epoch here."""
+    import json
+    from pathlib import Path
+
+    data = json.loads((Path(__file__).with_name("eta_prior.json")).read_text())
+    return {k: v for k, v in data.items() if not k.startswith("_")}
+
+
 def job_info(config: dict[str, Any]) -> JobInfo:
     """The display facts of a trial, from ``config["job"]`` (a job record's wire dict), the older
     ``config["cell"]`` (a cell dict) or such a dict itself: all carry method, dataset, seed, epochs,

@@ -264,7 +264,7 @@ def _run_jobs(jobs: list[Job], res: dict, address: str | None, verbose: bool, ec
 
     from ray import tune
 
-    from segarena.platform.progress import Progress
+    from segarena.platform.progress import Progress, default_eta_prior
     from segarena.platform.ray_cluster import check_shared_storage, connect
     from segarena.platform.trial import job_resources, run_job
 
@@ -285,8 +285,9 @@ def _run_jobs(jobs: list[Job], res: dict, address: str | None, verbose: bool, ec
              + (f" · ray started in {handle.start_s:.1f}s" if handle.started_here else "")
              + (f" · dashboard {handle.dashboard_url}" if handle.started_here and handle.dashboard_url else ""))
         wires = [j.to_wire() for j in jobs]
-        progress = Progress(len(jobs), concurrency, echo, plan=[{"job": w} for w in wires], prior=wd.read_eta(),
-                            explain=keeper.explain)
+        # the ETA starts from this work dir's last measurements, or from a 2-core CPU's for a fresh one
+        progress = Progress(len(jobs), concurrency, echo, plan=[{"job": w} for w in wires],
+                            prior=wd.read_eta() or default_eta_prior(), explain=keeper.explain)
         suite = jobs[0].cell.suite
         tuner = tune.Tuner(
             tune.with_resources(run_job, job_resources),
