@@ -3,7 +3,6 @@ never joins a cluster running on the same machine."""
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
 import json
 import os
@@ -19,17 +18,7 @@ from segarena.platform.ray_cluster import check_shared_storage, connect
 pytestmark = pytest.mark.cluster
 
 
-def _load_nodes():
-    """tests/cluster/nodes.py, loaded once by path (the tests folder is not a package)."""
-    name = "segarena_cluster_nodes"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("nodes.py"))
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
-
-
-nodes = _load_nodes()
+nodes = sys.modules["segarena_cluster_nodes"]  # tests/cluster/nodes.py, loaded by conftest.py's load_nodes()
 RayCluster = nodes.RayCluster
 listening_on, process_tree = nodes.listening_on, nodes.process_tree
 
