@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import tempfile
@@ -52,15 +53,17 @@ def default_tracking_uri(workdir: Path) -> str:
     return WorkDir.at(workdir).tracking_uri
 
 
-def _retry(fn: Callable[[], T], attempts: int = 8) -> T:
-    """SQLite allows one writer at a time; concurrent trials retry a locked database."""
+def _retry(fn: Callable[[], T], attempts: int = 10) -> T:
+    """SQLite allows one writer at a time; concurrent trials retry a locked database. MLflow passes some
+    of SQLAlchemy's errors through unwrapped, so any error that says "database is locked" is retried."""
     for i in range(attempts):
         try:
             return fn()
-        except MlflowException as exc:
-            if "locked" not in str(exc).lower() or i == attempts - 1:
+        except Exception as exc:  # MlflowException, sqlalchemy.exc.OperationalError, sqlite3.OperationalError
+            locked = "locked" in str(exc).lower() or "locked" in str(exc.__cause__ or "").lower()
+            if not locked or i == attempts - 1:
                 raise
-            time.sleep(0.2 * 2**i)
+            time.sleep(0.1 * 2**i + random.random() * 0.1)  # jitter: two trials that collided do not retry in step
     raise AssertionError("unreachable")
 
 
@@ -127,6 +130,9 @@ class Tracker:
         self.embedded = workdir is not None and tracking_uri == workdir.tracking_uri
         self._tables: dict[tuple[str, str], pd.DataFrame] = {}
 
+    def _get_run(self, run_id: str) -> Any:
+        return _retry(lambda: self.client.get_run(run_id))
+
     # experiments ------------------------------------------------------------------------
     def experiment(self, suite: str, create: bool = True, description: str = "") -> str | None:
         exp = self.client.get_experiment_by_name(suite)
@@ -152,8 +158,8 @@ class Tracker:
             return []
         runs, token = [], None
         while True:
-            page = self.client.search_runs(ids, filter_string=f"tags.`{PREFIX}kind` = '{kind}'", max_results=5000,
-                                           page_token=token)
+            page = _retry(lambda token=token: self.client.search_runs(
+                ids, filter_string=f"tags.`{PREFIX}kind` = '{kind}'", max_results=5000, page_token=token))
             runs += list(page)
             token = page.token
             if not token:
@@ -247,11 +253,11 @@ class Tracker:
         tags = [RunTag(f"{PREFIX}status", STATUS_FAILED), RunTag(f"{PREFIX}error", error[:4900])]
         _retry(lambda: self.client.log_batch(run_id, tags=tags, synchronous=True))
         _retry(lambda: self.client.set_terminated(run_id, "FAILED"))
-        if _tag(self.client.get_run(run_id), "kind") == KIND_TRAIN:
+        if _tag(self._get_run(run_id), "kind") == KIND_TRAIN:
             self._fail_children(run_id, f"its training run failed: {error}")
 
     def _fail_children(self, run_id: str, error: str) -> None:
-        run = self.client.get_run(run_id)
+        run = self._get_run(run_id)
         tags = [RunTag(f"{PREFIX}status", STATUS_FAILED), RunTag(f"{PREFIX}error", error[:4900])]
         for child in self.runs([run.info.experiment_id], KIND_EVAL):
             if _tag(child, "parent") == run_id and child.info.status != "FAILED":
@@ -259,7 +265,7 @@ class Tracker:
                 _retry(lambda c=child: self.client.set_terminated(c.info.run_id, "FAILED"))
 
     def _check_not_failed(self, run_id: str) -> None:
-        run = self.client.get_run(run_id)
+        run = self._get_run(run_id)
         if run.info.status == "FAILED" or _tag(run, "status") == STATUS_FAILED:
             raise StoreError(f"run {run_id} was marked failed ({_tag(run, 'error') or 'no error'}) while this "
                              "process was logging it: not finished")
@@ -317,7 +323,7 @@ class Tracker:
     def update_best(self, parent_id: str) -> None:
         """``best/*`` metrics and the ``segarena.best_budget`` tag of a training run, from its evaluations
         (never the first budget's scores under the plain names: those sort wrongly in the UI)."""
-        run = self.client.get_run(parent_id)
+        run = self._get_run(parent_id)
         evals = [r for r in self.runs([run.info.experiment_id], KIND_EVAL) if _tag(r, "parent") == parent_id
                  and _tag(r, "status") == STATUS_FINISHED]
         best = best_budget(evals)
@@ -330,7 +336,7 @@ class Tracker:
     def _finish(self, run_id: str) -> None:
         """FINISHED last; never over a run another driver already marked failed (a late write of a
         driver that was taken for dead must not bring its cell back)."""
-        run = self.client.get_run(run_id)
+        run = self._get_run(run_id)
         if run.info.status != "RUNNING" or _tag(run, "status") == STATUS_FAILED:
             raise StoreError(f"run {run_id} was marked {run.info.status.lower()} ({_tag(run, 'error') or 'no error'})"
                              " while this process was logging it: not finished")
@@ -374,7 +380,7 @@ class Tracker:
         """The run's artifact folder when it lives in this work dir (embedded store), else None."""
         if not self.embedded:
             return None
-        uri = self.client.get_run(run_id).info.artifact_uri
+        uri = self._get_run(run_id).info.artifact_uri
         return self.workdir.artifact_path(uri) if uri.startswith(ARTIFACT_SCHEME) else None
 
     def _put(self, run_id: str, files: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ def error_line(exc: BaseException) -> str:
     text = str(exc)
     if ERROR_MARK in text:
         return text.split(ERROR_MARK, 1)[1].strip().splitlines()[0]
-    lines = [ln for ln in text.splitlines() if ln.strip()]
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("(Background on this error")]
     return (lines[-1] if lines else type(exc).__name__)[:1000]
 
 

@@ -279,3 +279,29 @@ def test_a_late_finish_cannot_bring_back_a_run_marked_failed(tracker, suite):
     assert tracker.client.get_run(run_id).info.status == "FAILED"
     children = [r for r in tracker.runs([exp], KIND_EVAL) if r.data.tags["segarena.parent"] == run_id]
     assert not [r for r in children if r.info.status == "FINISHED"]  # nothing counted under the failed parent
+
+
+def test_a_locked_sqlite_database_is_retried_whatever_wraps_the_error():
+    """Two trials finishing together write to one SQLite file; MLflow lets SQLAlchemy's error through."""
+    import sqlite3
+
+    from segarena.platform.tracking import _retry
+
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise sqlite3.OperationalError("database is locked")
+        return "ok"
+
+    assert _retry(flaky) == "ok" and len(calls) == 3
+    with pytest.raises(ValueError):
+        _retry(lambda: (_ for _ in ()).throw(ValueError("not a lock")))
+
+
+def test_the_error_line_skips_sqlalchemys_background_link():
+    from segarena.platform.trial import error_line
+
+    err = RuntimeError("(sqlite3.OperationalError) database is locked\n(Background on this error at: https://x)")
+    assert error_line(err) == "(sqlite3.OperationalError) database is locked"
