@@ -352,7 +352,16 @@ class Tracker:
         source = json.dumps({"plugin": cell.dataset, "params": cell.dataset_params, "path": cell.dataset_path})
         ds = Dataset(name=cell.dataset_label or cell.dataset, digest=digest[:36], source_type="segarena",
                      source=source)
-        _retry(lambda: self.client.log_inputs(run_id, [DatasetInput(ds, [InputTag("mlflow.data.context", "train")])]))
+        inputs = [DatasetInput(ds, [InputTag("mlflow.data.context", "train")])]
+        for attempt in range(3):
+            try:
+                _retry(lambda: self.client.log_inputs(run_id, inputs))
+                return
+            except Exception as exc:  # two cells of one dataset race to insert its row: the loser links it
+                text = f"{type(exc).__name__} {exc} {exc.__cause__ or ''}".lower()
+                if attempt == 2 or not ("unique" in text or "integrity" in text):
+                    raise
+                time.sleep(0.2 + random.random() * 0.2)
 
     def log_history(self, run_id: str, history: pd.DataFrame) -> None:
         """Training curves (``train/*``, ``val/dice``) per epoch."""
