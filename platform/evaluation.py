@@ -28,6 +28,7 @@ import torch
 from segarena.platform.dataset import Case
 from segarena.platform.metrics import (
     aggregate,
+    class_surfaces,
     distribution_metrics,
     nsd_tolerance,
     overlap,
@@ -226,8 +227,9 @@ def _score_unit(case_id: str, mask: torch.Tensor, gt: torch.Tensor, probs: torch
                 samples: torch.Tensor | None, sample_probs: torch.Tensor | None, spacing: Sequence[float] | None,
                 class_names: Sequence[str], tolerance: float) -> list[dict[str, Any]]:
     with torch.inference_mode():
-        rows = per_case_metrics(mask, gt, spacing, case_id, class_names, channels_first=True)
-        extra = distribution_metrics(mask, gt, probs, samples, sample_probs, spacing, tolerance)
+        surface = class_surfaces(mask, gt, spacing)  # HD95 and NSD from one pass over the boundaries
+        rows = per_case_metrics(mask, gt, spacing, case_id, class_names, channels_first=True, surface=surface)
+        extra = distribution_metrics(mask, gt, probs, samples, sample_probs, spacing, tolerance, surface=surface)
     return [{**r, **x} for r, x in zip(rows, extra, strict=True)]
 
 

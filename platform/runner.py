@@ -134,7 +134,11 @@ class _Lease:
     def __init__(self, tracker: Tracker, exp_id: str, suite: str, driver: str, every_s: float = 10.0) -> None:
         self.tracker, self.exp_id, self.driver, self.every_s = tracker, exp_id, driver, every_s
         self.run_id = tracker.start_driver(exp_id, suite, driver, socket.gethostname())
-        others = [r for r in tracker.live_drivers(exp_id) if r.data.tags.get("segarena.driver") != driver]
+        live = tracker.live_drivers(exp_id)  # oldest first
+        ids = [r.data.tags.get("segarena.driver") for r in live]
+        # the oldest lease wins: two drivers started together see each other, and exactly one goes on
+        others = live[:ids.index(driver)] if driver in ids else [r for r in live if r.data.tags.get(
+            "segarena.driver") != driver]
         if others:
             tracker.stop_driver(self.run_id)
             o = others[0]

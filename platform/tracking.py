@@ -14,6 +14,7 @@ copied work dir works, and ``mlflow server --serve-artifacts`` on it shows them.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
@@ -21,7 +22,8 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,6 +33,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from segarena.platform.errors import StoreError
+from segarena.platform.preflight import local_store_path, tracking_scheme
 from segarena.platform.records import BudgetResult, Cell, CellResult
 from segarena.platform.workdir import ARTIFACT_SCHEME, WorkDir, experiment_location
 
@@ -65,6 +68,24 @@ def _retry(fn: Callable[[], T], attempts: int = 10) -> T:
                 raise
             time.sleep(0.1 * 2**i + random.random() * 0.1)  # jitter: two trials that collided do not retry in step
     raise AssertionError("unreachable")
+
+
+@contextmanager
+def _store_creation_lock(uri: str) -> Iterator[None]:
+    """Opening a fresh SQLite store runs MLflow's schema migrations; two processes running them at once both
+    fail ("table _alembic_tmp_… already exists"), e.g. two drivers started together on a new work dir. They
+    take turns on a lock file beside the database (no lock where the store's folder cannot take one)."""
+    path = local_store_path(uri) if tracking_scheme(uri) == "sqlite" else None
+    try:
+        handle = open(path.with_name(path.name + ".lock"), "a") if path is not None and path.parent.is_dir() else None
+    except OSError:  # a read-only store folder: no process can create the store there either
+        handle = None
+    if handle is None:
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 def cell_tags(cell: Cell, segarena_version: str, git_sha: str) -> dict[str, str]:
@@ -125,7 +146,8 @@ class Tracker:
 
     def __init__(self, tracking_uri: str, workdir: WorkDir | None = None) -> None:
         self.uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        with _store_creation_lock(tracking_uri):  # the client opens (and, when new, creates) the store
+            self.client = MlflowClient(tracking_uri=tracking_uri)
         self.workdir = workdir
         self.embedded = workdir is not None and tracking_uri == workdir.tracking_uri
         self._tables: dict[tuple[str, str], pd.DataFrame] = {}

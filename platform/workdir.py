@@ -3,6 +3,7 @@
 Everything segarena writes on a machine goes under one root, by default ``./segarena-runs``::
 
     mlflow.db     embedded MLflow store (SQLite), used when no --tracking-uri is given
+    mlflow.db.lock  held while a process opens the store (two must not create a new one at once)
     artifacts/    MLflow artifacts of the embedded store, laid out as a served store would
                   (``mlflow-artifacts:/<suite>/<run>/artifacts/...``), so a copied work dir keeps working
     cache/        preprocessed datasets (shared by every cell; safe to delete)

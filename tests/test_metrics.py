@@ -111,3 +111,57 @@ def test_never_nan_and_aggregation_is_cases_of_class_means():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="shape"):
         per_case_metrics(np.zeros((4, 4)), np.zeros((4, 5)))
+
+
+def monai_hd95(a: np.ndarray, b: np.ndarray, spacing) -> float:
+    """MONAI's own HD95 (what segarena called per case before computing the boundaries itself)."""
+    import warnings
+
+    from monai.metrics import compute_hausdorff_distance
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        v = compute_hausdorff_distance(torch.as_tensor(a)[None, None].float(), torch.as_tensor(b)[None, None].float(),
+                                       include_background=True, percentile=95,
+                                       spacing=list(spacing) if spacing is not None else None)
+    return float(v.reshape(-1)[0])
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_hd95_is_bit_identical_to_monai(seed):
+    """Same value, not approximately: border-touching shapes, far-apart specks, 2D and 3D, anisotropic
+    spacing, single voxels; and NSD from the shared boundary distances equals NSD computed alone."""
+    from segarena.platform.metrics import hd95, nsd, surfaces
+
+    rng = np.random.default_rng(seed)
+    shape = (64, 64) if seed < 3 else (40, 36) if seed < 6 else (16, 14, 9)
+    a = ndimage.binary_opening(rng.random(shape) > 0.5) if seed % 2 else rng.random(shape) > 0.985
+    b = ndimage.binary_dilation(rng.random(shape) > 0.97, iterations=1 + seed % 3)
+    a.flat[0] = b.flat[-1] = True  # corners: objects touch the image border
+    if seed == 5:
+        a[:], a.flat[7] = False, True  # a single voxel
+    spacing = None if seed in (0, 6) else tuple(float(s) for s in rng.uniform(0.3, 3.0, len(shape)))
+    assert hd95(a, b, spacing) == monai_hd95(a, b, spacing)
+    (row,) = per_case_metrics(a[None], b[None], spacing=spacing, channels_first=True)
+    assert row["hd95"] == monai_hd95(a, b, spacing)
+    shared = surfaces(a, b, spacing)
+    for tol in (0.5, 1.0, 2.5):
+        assert nsd(a, b, tol, spacing, shared) == nsd(a, b, tol, spacing)
+
+
+def test_quantile95_is_torch_quantile_bit_for_bit():
+    """Both branches: tied order statistics (grid distances) and interpolated ones (continuous values)."""
+    from segarena.platform.metrics import quantile95
+
+    rng = np.random.default_rng(0)
+    tied = 0
+    for n in [*range(1, 60), 97, 200, 1001, 4096]:
+        for d in (np.sqrt(rng.integers(0, 40, n)).astype(np.float32) * np.float32(4.0),
+                  rng.random(n).astype(np.float32) * np.float32(30.0)):
+            expected = float(torch.quantile(torch.from_numpy(d), 0.95))
+            assert quantile95(d) == expected, (n, d)
+            s = np.sort(d)
+            rank = np.float32(0.95) * np.float32(n - 1)
+            tied += int(s[int(rank)] == s[int(np.ceil(rank))])
+    assert 10 < tied < 120  # both branches ran
+

@@ -225,3 +225,29 @@ def test_aggregate_extra_is_mean_of_class_means():
     rows = [{**r, "dice": 1.0, "iou": 1.0, "hd95": 0.0} for r in rows]
     out = aggregate(rows)
     assert (out["nsd"], out["ged"]) == (0.75, 0.75) and "ece" not in out
+
+
+@pytest.mark.parametrize("with_members", [False, True])
+def test_distribution_metrics_equal_the_public_functions_exactly(with_members):
+    """The per-case path (pixels converted once, boundaries shared with HD95) gives the same values, bit
+    for bit, as each public function called on its own."""
+    from segarena.platform.metrics import class_surfaces
+
+    rng = np.random.default_rng(3)
+    gt = np.stack([ndimage.binary_opening(rng.random((48, 40)) > 0.5) for _ in range(2)])
+    probs = torch.from_numpy(np.clip(gt + rng.normal(0, 0.4, gt.shape), 0, 1)).float()
+    mask = probs > 0.5
+    member_probs = torch.from_numpy(rng.random((3, *gt.shape))).float() if with_members else None
+    samples = member_probs > 0.5 if with_members else None
+    spacing = (1.3, 0.6)
+    for surface in (None, class_surfaces(mask, gt, spacing)):
+        rows = distribution_metrics(mask, gt, probs, samples, member_probs, spacing, 1.5, max_pixels=1000,
+                                    surface=surface)
+        for c, row in enumerate(rows):
+            s = samples[:, c] if with_members else mask[c][None]
+            mean_p = member_probs[:, c].mean(0) if with_members else probs[c]
+            assert row == {"nsd": nsd(mask[c], gt[c], 1.5, spacing), "nsd_tolerance": 1.5, "ged": ged(s, gt[c]),
+                           "diversity": diversity(s), "entropy": predictive_entropy(mean_p),
+                           **calibration(probs[c], gt[c], 1000), "members": 3 if with_members else 1}
+            assert calibration(probs[c], gt[c], 10**6) == {"ece": ece(probs[c], gt[c]), "brier": brier(probs[c], gt[c]),
+                                                           "nll": nll(probs[c], gt[c])}

@@ -265,6 +265,37 @@ def test_a_second_driver_of_a_suite_is_refused_by_the_store(tracker, suite):
     _Lease(tracker, exp, suite, "d3").release()  # free again once the first one is gone
 
 
+def test_two_drivers_of_a_suite_started_together_leave_exactly_one_running(tracker, suite, monkeypatch):
+    """Both leases are in the store before either driver looks: the older one goes on, the newer one is
+    refused (seeing each other, both used to give up and nothing ran)."""
+    import time
+
+    from segarena.platform.errors import SegarenaError
+    from segarena.platform.runner import _Lease
+
+    exp = tracker.experiment(suite)
+    real = tracker.start_driver
+
+    def racing(exp_id, suite_, driver, host):
+        own = real(exp_id, suite_, driver, host)
+        time.sleep(0.01)  # the rival's lease, recorded just after this one's and before this one's check
+        rivals.append(real(exp_id, suite_, "second", host))
+        return own
+
+    rivals: list[str] = []
+    monkeypatch.setattr(tracker, "start_driver", racing)
+    first = _Lease(tracker, exp, suite, "first", every_s=0.2)  # not refused by the newer rival
+    monkeypatch.setattr(tracker, "start_driver", real)
+    try:
+        assert [r.data.tags["segarena.driver"] for r in tracker.live_drivers(exp)] == ["first", "second"]
+        with pytest.raises(SegarenaError, match="already running: driver first"):
+            _Lease(tracker, exp, suite, "third")
+    finally:
+        first.release()
+        tracker.stop_driver(rivals[0])
+    assert tracker.live_drivers(exp) == []
+
+
 def test_a_late_finish_cannot_bring_back_a_run_marked_failed(tracker, suite):
     from segarena.platform.errors import StoreError
 
