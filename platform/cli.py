@@ -63,7 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if searched:
         print("\n" + "\n".join(searched))
     report = write_report(tracker, summary.suite, default_output(args.workdir, summary.suite)) if len(board) else None
-    print("\n" + next_steps(Path(args.workdir), summary.suite, report))
+    print("\n" + next_steps(Path(args.workdir), summary.suite, report, tracking_uri=args.tracking_uri))
     if summary.interrupted:
         return 130
     return 1 if summary.failures else 0
@@ -159,12 +159,19 @@ def _shown_path(path: Path, base: Path | None = None) -> str:
         return str(Path(path).resolve())
 
 
-def next_steps(workdir: Path, suite: str, report: Path | None, per_case: Path | None = None) -> str:
-    """What to open once a run is over: commands and paths, ready to paste (printed by `segarena run`)."""
+def next_steps(workdir: Path, suite: str, report: Path | None, per_case: Path | None = None,
+               tracking_uri: str | None = None) -> str:
+    """What to open once a run is over: commands and paths, ready to paste (printed by `segarena run`).
+    Against a tracking server (``tracking_uri``) the commands name the server, not the work dir: its
+    artifacts live on the server and its UI is the server itself."""
     shown = _shown_path(workdir)
-    flag = "" if Path(workdir).resolve() == Path(DEFAULT_WORKDIR).resolve() else f" --workdir {shlex.quote(shown)}"
+    served = tracking_uri is not None and tracking_uri.startswith(("http://", "https://"))
+    if tracking_uri is not None:
+        flag = f" --tracking-uri {shlex.quote(tracking_uri)}"
+    else:
+        flag = "" if Path(workdir).resolve() == Path(DEFAULT_WORKDIR).resolve() else f" --workdir {shlex.quote(shown)}"
     lines = ["look at the results:",
-             f"  segarena ui{flag}",
+             f"  MLflow UI:       {tracking_uri}" if served else f"  segarena ui{flag}",
              "      MLflow UI in the browser: every run, its metrics, training curves and artifacts",
              f"  segarena leaderboard{flag} --suite {shlex.quote(suite)} --format csv --output {suite}.csv",
              "      the ranking above as a file (also markdown, json, parquet)"]
@@ -172,6 +179,9 @@ def next_steps(workdir: Path, suite: str, report: Path | None, per_case: Path | 
         lines.append(f"  report:          {_shown_path(report)}")
     if per_case is not None:
         lines.append(f"  per-case table:  {_shown_path(per_case)}")
+    elif tracking_uri is not None:
+        lines.append("  per-case rows:   artifact per_case.parquet of each evaluation run in the store "
+                     "(README: Looking at results)")
     else:
         lines.append(f"  per-case rows:   {shown}/artifacts/{suite}/<run id>/artifacts/per_case.parquet "
                      "(README: Looking at results)")

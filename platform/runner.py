@@ -245,7 +245,7 @@ class _Keeper:
         from segarena.platform.trial import timeout_message
 
         job = Job.from_wire(trial.config["job"])
-        marker = self.wd.timeout_marker(job.cell.key)
+        marker = self.wd.timeout_marker(job.cell)
         if marker.exists() and marker.read_text() == self.settings.driver:
             return timeout_message(self.settings.cell_timeout_s or 0)
         self.tracker.fail_driver_runs(self.settings.experiment_id, self.settings.driver, CRASHED_ERROR, job.cell.key)

@@ -47,8 +47,8 @@ def _watchdog(job: Job, tracker: Tracker, workdir: WorkDir) -> threading.Timer |
 
     def expire() -> None:
         message = timeout_message(s.cell_timeout_s)
-        workdir.timeout_marker(job.cell.key).parent.mkdir(parents=True, exist_ok=True)
-        workdir.timeout_marker(job.cell.key).write_text(s.driver)
+        workdir.timeout_marker(job.cell).parent.mkdir(parents=True, exist_ok=True)
+        workdir.timeout_marker(job.cell).write_text(s.driver)
         try:
             tracker.fail_driver_runs(s.experiment_id, s.driver, message, job.cell.key)
         finally:
@@ -61,7 +61,7 @@ def _watchdog(job: Job, tracker: Tracker, workdir: WorkDir) -> threading.Timer |
 
 
 def timed_out_before(job: Job, workdir: WorkDir) -> bool:
-    marker = workdir.timeout_marker(job.cell.key)
+    marker = workdir.timeout_marker(job.cell)
     return marker.exists() and marker.read_text() == job.settings.driver
 
 
@@ -107,7 +107,7 @@ def _run(job: Job, tracker: Tracker, workdir: WorkDir, t0: float) -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             if job.in_trial:
-                result = guarded(train_and_evaluate, job, TrialSession(workdir.cell_checkpoint(cell.key)), Path(tmp))
+                result = guarded(train_and_evaluate, job, TrialSession(workdir.cell_checkpoint(cell)), Path(tmp))
                 harness = _log(tracker, run_id, job, tags, result, t0)
             else:
                 fit = _trainer(job, workdir).fit()
@@ -119,7 +119,7 @@ def _run(job: Job, tracker: Tracker, workdir: WorkDir, t0: float) -> None:
         tracker.fail_run(run_id, message)
         tune.report({"cell_status": "failed", "action": "train", "error": message})
         return
-    workdir.clear_cell_checkpoint(cell.key)
+    workdir.clear_cell_checkpoint(cell)
     tune.report({"cell_status": "finished", "action": "train", **harness})
 
 
@@ -137,7 +137,7 @@ def _trainer(job: Job, workdir: WorkDir) -> Any:
                                                                  **({"GPU": s.gpus_per_worker}
                                                                     if s.gpus_per_worker else {})}),
         run_config=train.RunConfig(
-            name=f"cell-{job.cell.key}",  # stable: a rerun resumes this cell's last checkpoint
+            name=f"cell-{workdir.cell_name(job.cell)}",  # stable: a rerun resumes this cell's last checkpoint
             storage_path=str(workdir.ray_storage),
             failure_config=train.FailureConfig(max_failures=s.failure_retries),
             checkpoint_config=train.CheckpointConfig(num_to_keep=1),

@@ -7,7 +7,7 @@ Everything segarena writes on a machine goes under one root, by default ``./sega
     artifacts/    MLflow artifacts of the embedded store, laid out as a served store would
                   (``mlflow-artifacts:/<suite>/<run>/artifacts/...``), so a copied work dir keeps working
     cache/        preprocessed datasets (shared by every cell; safe to delete)
-    ray/          Ray Tune / Train storage; ray/cells/<key>/ the checkpoint of a running one-worker cell
+    ray/          Ray Tune / Train storage; ray/cells/<suite>--<key>/ the checkpoint of a running one-worker cell
                   ray/search/<key>/ the Tune experiment of one hyperparameter search
     models/       weights downloaded from the store for evaluation on this machine
     locks/        one lock file per suite: one driver per suite and work dir
@@ -22,8 +22,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from segarena.platform.errors import SegarenaError
+
+if TYPE_CHECKING:
+    from segarena.platform.records import Cell
 
 DEFAULT_WORKDIR = "segarena-runs"
 ARTIFACT_SCHEME = "mlflow-artifacts:"
@@ -78,18 +82,24 @@ class WorkDir:
         rel = uri[len(ARTIFACT_SCHEME):].lstrip("/")
         return self.inside(self.artifacts, rel)
 
-    def cell_checkpoint(self, cell_key: str) -> Path:
+    @staticmethod
+    def cell_name(cell: Cell) -> str:
+        """A cell's folder name under ray/: suite and training key, so two suites of one work dir that hold
+        the same training never share (or clear) each other's half-written checkpoint."""
+        return f"{cell.suite}--{cell.key}"
+
+    def cell_checkpoint(self, cell: Cell) -> Path:
         """The latest checkpoint of a one-worker cell while it trains (deleted once it is recorded)."""
-        return self.inside(self.ray_storage / "cells", cell_key)
+        return self.inside(self.ray_storage / "cells", self.cell_name(cell))
 
-    def timeout_marker(self, cell_key: str) -> Path:
+    def timeout_marker(self, cell: Cell) -> Path:
         """Written when a cell's time ran out (holds the driver id), so a retried trial does not restart it."""
-        return self.inside(self.ray_storage / "timeouts", cell_key)
+        return self.inside(self.ray_storage / "timeouts", self.cell_name(cell))
 
-    def clear_cell_checkpoint(self, cell_key: str) -> None:
+    def clear_cell_checkpoint(self, cell: Cell) -> None:
         import shutil
 
-        shutil.rmtree(self.cell_checkpoint(cell_key), ignore_errors=True)
+        shutil.rmtree(self.cell_checkpoint(cell), ignore_errors=True)
 
     def model_dir(self, run_id: str) -> Path:
         return self.inside(self.models, run_id)

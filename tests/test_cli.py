@@ -153,6 +153,10 @@ def test_next_steps_name_the_ui_the_report_and_the_per_case_rows(tmp_path, monke
     plain = next_steps(tmp_path / "segarena-runs", "default", None, per_case=tmp_path / "cases.parquet")
     assert "segarena ui\n" in plain and "--workdir" not in plain.split("\n")[1]
     assert "report:" not in plain and "per-case table:  cases.parquet" in plain
+    served = next_steps(tmp_path / "runs", "default", None, tracking_uri="http://127.0.0.1:5123")
+    assert "MLflow UI:       http://127.0.0.1:5123" in served and "--workdir" not in served
+    assert "segarena leaderboard --tracking-uri http://127.0.0.1:5123 --suite default" in served
+    assert "runs/artifacts" not in served
 
 
 def test_log_lines_have_colour_only_on_a_terminal(monkeypatch):

@@ -119,3 +119,18 @@ def test_a_variant_spans_seeds_and_datasets_but_not_hyperparameters():
     base = _cell()
     assert base.variant == _cell(seed=4).variant == _cell(dataset="other", dataset_params={"size": 32}).variant
     assert base.variant != _cell(hparams={"lr": 0.2}).variant != _cell(epochs=9).variant
+
+
+def test_two_suites_holding_one_training_never_share_its_checkpoint_folder(tmp_path):
+    """The training key leaves the suite out (one training, many evaluations), but a half-written
+    checkpoint belongs to the suite whose trial writes it: two suites of one work dir running the same
+    cell at once must not resume from, or clear, each other's."""
+    a, b = _cell(suite="suite-a"), _cell(suite="suite-b")
+    assert a.key == b.key
+    wd = WorkDir(tmp_path)
+    assert wd.cell_checkpoint(a) != wd.cell_checkpoint(b)
+    assert wd.timeout_marker(a) != wd.timeout_marker(b)
+    wd.cell_checkpoint(a).mkdir(parents=True)
+    wd.cell_checkpoint(b).mkdir(parents=True)
+    wd.clear_cell_checkpoint(a)
+    assert not wd.cell_checkpoint(a).exists() and wd.cell_checkpoint(b).exists()
