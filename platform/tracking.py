@@ -165,8 +165,14 @@ class Tracker:
         else:
             # the embedded store records a location relative to its artifact root; a server picks its own
             location = experiment_location(suite) if self.embedded else None
-            exp_id = _retry(lambda: self.client.create_experiment(suite, artifact_location=location,
-                                                                  tags={f"{PREFIX}suite": suite}))
+            try:
+                exp_id = _retry(lambda: self.client.create_experiment(suite, artifact_location=location,
+                                                                      tags={f"{PREFIX}suite": suite}))
+            except MlflowException as exc:  # another driver created it a moment ago: use theirs
+                exp = self.client.get_experiment_by_name(suite)
+                if exp is None or exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                exp_id = exp.experiment_id
         if description:
             _retry(lambda: self.client.set_experiment_tag(exp_id, "mlflow.note.content", description))
         return exp_id

@@ -336,3 +336,13 @@ def test_the_error_line_skips_sqlalchemys_background_link():
 
     err = RuntimeError("(sqlite3.OperationalError) database is locked\n(Background on this error at: https://x)")
     assert error_line(err) == "(sqlite3.OperationalError) database is locked"
+
+
+def test_two_drivers_creating_one_experiment_at_once_both_get_it(tracker, suite, monkeypatch):
+    """The other driver created the experiment between our lookup and our create: we use theirs (a shared
+    server answered RESOURCE_ALREADY_EXISTS to the loser in CI)."""
+    theirs = tracker.experiment(suite)
+    lookups = iter([None])
+    real = tracker.client.get_experiment_by_name
+    monkeypatch.setattr(tracker.client, "get_experiment_by_name", lambda name: next(lookups, real(name)))
+    assert tracker.experiment(suite) == theirs

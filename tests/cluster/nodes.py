@@ -203,3 +203,16 @@ def start_cluster(n_nodes: int, token: str | None) -> Iterator[RayCluster]:
 
 
 cluster_context = contextmanager(start_cluster)
+
+
+def unet_suite(name: str, *, seeds: tuple[int, ...] = (0,), size: int = 32, epochs: int = 1, steps: int = 3,
+               workers: int = 1, val_cases: int = 4, retries: int | None = None) -> str:
+    """The small CPU suite the cluster tests and the multi-node benchmark run: tiny U-Net × synthetic
+    data, one CPU per worker, minimal timing settings (YAML text)."""
+    retry = f"failure_retries: {retries}\n" if retries is not None else ""
+    return (f"name: {name}\n"
+            "methods:\n  - name: unet\n    profile: tiny\n"
+            f"datasets:\n  - name: synthetic\n    params: {{size: {size}, n_cases: 16}}\n"
+            f"seeds: [{', '.join(str(s) for s in seeds)}]\nepochs: {epochs}\nsteps_per_epoch: {steps}\n{retry}"
+            f"resources: {{workers_per_trial: {workers}, cpus_per_worker: 1, gpus_per_worker: 0}}\n"
+            f"evaluation: {{timing_repeats: 2, timing_warmup: 1, throughput_batch: 2, val_cases: {val_cases}}}\n")

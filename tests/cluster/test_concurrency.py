@@ -24,21 +24,8 @@ from segarena.platform.tracking import KIND_DRIVER, KIND_EVAL, KIND_TRAIN, Track
 from segarena.platform.workdir import WorkDir
 
 pytestmark = pytest.mark.cluster
+nodes = sys.modules["segarena_cluster_nodes"]  # tests/cluster/nodes.py, loaded by conftest.py's load_nodes()
 
-SUITE = """
-name: {name}
-methods:
-  - name: unet
-    profile: tiny
-datasets:
-  - name: synthetic
-    params: {{size: 32, n_cases: 16}}
-seeds: {seeds}
-epochs: 1
-steps_per_epoch: 3
-resources: {{workers_per_trial: 1, cpus_per_worker: 1, gpus_per_worker: 0}}
-evaluation: {{timing_repeats: 2, timing_warmup: 1, throughput_batch: 2, val_cases: 4}}
-"""
 DRIVER_TIMEOUT_S = 420
 # what SQLite (or SQLAlchemy over it) says when a write lost the race for the one writer's lock
 LOCK_ERRORS = re.compile(r"database is locked|OperationalError", re.IGNORECASE)
@@ -86,9 +73,25 @@ def run_together(drivers: list[Driver], timeout: float = DRIVER_TIMEOUT_S) -> li
             d.stop()
 
 
+def drive(tmp: Path, suites: list[Path], workdirs: list[Path], uri: str | None = None, remove: bool = False
+          ) -> tuple[list[Driver], list[int]]:
+    """Start one driver per (suite, work dir) at once and wait for all; every driver is stopped (and, with
+    ``remove``, its work dir deleted) whatever happens."""
+    drivers: list[Driver] = []
+    try:
+        for suite, workdir in zip(suites, workdirs, strict=True):
+            drivers.append(Driver(tmp, suite, workdir, uri))
+        return drivers, run_together(drivers)
+    finally:
+        for driver in drivers:
+            driver.stop()
+        for w in workdirs if remove else ():
+            shutil.rmtree(w, ignore_errors=True)
+
+
 def write_suite(folder: Path, name: str, seeds: list[int]) -> Path:
     path = folder / f"{name}.yaml"
-    path.write_text(SUITE.format(name=name, seeds=seeds))
+    path.write_text(nodes.unet_suite(name, seeds=tuple(seeds)))
     return path
 
 
@@ -149,28 +152,26 @@ def _fresh_dir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
 
 
+def check_both(tracker: Tracker, names: list[str], suites: list[Path], drivers: list[Driver], codes: list[int]
+               ) -> None:
+    """Each driver exited cleanly with its two cells, its store holds them once, and the two ran at once."""
+    ids = []
+    for name, suite, driver, code in zip(names, suites, drivers, codes, strict=True):
+        out = driver.output()
+        check_clean_exit(code, out, 2)
+        ids.append(check_suite_store(tracker, name, expected_cells(suite), out))
+    check_overlap(ids)
+
+
 def test_two_suites_against_one_server_at_once_lose_and_duplicate_nothing(mlflow_server, tmp_path: Path) -> None:
     names = [f"conc-server-a-{os.getpid()}", f"conc-server-b-{os.getpid()}"]
     suites = [write_suite(tmp_path, names[0], [0, 1]), write_suite(tmp_path, names[1], [2, 3])]
     workdirs = [_fresh_dir("segarena-conc-a-"), _fresh_dir("segarena-conc-b-")]
     t0 = time.time()
-    drivers = []
-    try:
-        drivers = [Driver(tmp_path, s, w, mlflow_server.uri) for s, w in zip(suites, workdirs)]
-        codes = run_together(drivers)
-    finally:
-        for d in drivers:
-            d.stop()
-        for w in workdirs:
-            shutil.rmtree(w, ignore_errors=True)
+    drivers, codes = drive(tmp_path, suites, workdirs, mlflow_server.uri, remove=True)
     print(f"\n[two drivers, one server] both done in {time.time() - t0:.1f}s")
     tracker = Tracker(mlflow_server.uri)
-    ids = []
-    for name, suite, driver, code in zip(names, suites, drivers, codes):
-        out = driver.output()
-        check_clean_exit(code, out, 2)
-        ids.append(check_suite_store(tracker, name, expected_cells(suite), out))
-    check_overlap(ids)
+    check_both(tracker, names, suites, drivers, codes)
 
 
 def test_two_suites_in_one_sqlite_work_dir_at_once_never_see_a_locked_database(tmp_path: Path) -> None:
@@ -178,22 +179,11 @@ def test_two_suites_in_one_sqlite_work_dir_at_once_never_see_a_locked_database(t
     suites = [write_suite(tmp_path, names[0], [0, 1]), write_suite(tmp_path, names[1], [2, 3])]
     workdir = tmp_path / "runs"  # fresh: both drivers also race to create the store
     t0 = time.time()
-    drivers = []
-    try:
-        drivers = [Driver(tmp_path, s, workdir) for s in suites]
-        codes = run_together(drivers)
-    finally:
-        for d in drivers:
-            d.stop()
+    drivers, codes = drive(tmp_path, suites, [workdir, workdir])
     print(f"\n[two drivers, one sqlite work dir] both done in {time.time() - t0:.1f}s")
     wd = WorkDir.at(workdir)
     tracker = Tracker(wd.tracking_uri, wd)
-    ids = []
-    for name, suite, driver, code in zip(names, suites, drivers, codes):
-        out = driver.output()
-        check_clean_exit(code, out, 2)
-        ids.append(check_suite_store(tracker, name, expected_cells(suite), out))
-    check_overlap(ids)
+    check_both(tracker, names, suites, drivers, codes)
 
 
 def test_one_suite_started_twice_against_one_server_runs_once(mlflow_server, tmp_path: Path) -> None:
@@ -203,15 +193,7 @@ def test_one_suite_started_twice_against_one_server_runs_once(mlflow_server, tmp
     suite = write_suite(tmp_path, name, [0])
     workdirs = [_fresh_dir("segarena-twice-a-"), _fresh_dir("segarena-twice-b-")]
     t0 = time.time()
-    drivers = []
-    try:
-        drivers = [Driver(tmp_path, suite, w, mlflow_server.uri) for w in workdirs]
-        codes = run_together(drivers)
-    finally:
-        for d in drivers:
-            d.stop()
-        for w in workdirs:
-            shutil.rmtree(w, ignore_errors=True)
+    drivers, codes = drive(tmp_path, [suite, suite], workdirs, mlflow_server.uri, remove=True)
     print(f"\n[one suite twice, one server] both done in {time.time() - t0:.1f}s: exit codes {codes}")
     outs = [d.output() for d in drivers]
     assert sorted(codes) == [0, 2], outs

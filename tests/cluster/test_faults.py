@@ -11,12 +11,12 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
 
-from segarena.platform.tracking import KIND_TRAIN, Tracker
+from segarena.platform.tracking import KIND_EVAL, KIND_TRAIN, Tracker
 from segarena.platform.workdir import WorkDir
 
 pytestmark = pytest.mark.cluster
@@ -145,6 +145,25 @@ def finished_per_cell(tracker: Tracker, suite: str) -> Counter:
                    if r.info.status == "FINISHED")
 
 
+def census(tracker: Tracker, suite: str, test: str) -> None:
+    """Print what the store holds per cell after a fault (the closing note's numbers) and check that no
+    FINISHED evaluation hangs under a training run that is not FINISHED."""
+    exp = tracker.experiment(suite, create=False)
+    trains = tracker.runs([exp], KIND_TRAIN)
+    status = {r.info.run_id: r.info.status for r in trains}
+    method = {r.info.run_id: r.data.tags["segarena.method"] for r in trains}
+    per_cell: dict[str, Counter] = defaultdict(Counter)
+    for r in trains:
+        per_cell[r.data.tags["segarena.method"]][f"{r.info.status} training"] += 1
+    for r in tracker.runs([exp], KIND_EVAL):
+        parent = status.get(r.data.tags.get("segarena.parent"))
+        assert r.info.status != "FINISHED" or parent == "FINISHED", (r.info.run_id, parent)
+        per_cell[method[r.data.tags["segarena.parent"]]][f"{r.info.status} eval"] += 1
+    cells = "; ".join(f"{m}: " + ", ".join(f"{n} {k}" for k, n in sorted(c.items()))
+                      for m, c in sorted(per_cell.items()))
+    print(f"\n[cluster store] {test}: {cells}", file=sys.stderr)
+
+
 def test_r1_killed_driver_resumes_from_checkpoint_without_repeating_epochs(tmp_path):
     suite, plugins, trace, tracker = setup(tmp_path, "r1", epochs=5)
     ckpt_root = tmp_path / "runs" / "ray" / "cells"
@@ -169,6 +188,7 @@ def test_r1_killed_driver_resumes_from_checkpoint_without_repeating_epochs(tmp_p
                  if r.info.status == "FINISHED"]
     epochs = [m.step for m in tracker.client.get_metric_history(run_id, "train/loss")]
     assert sorted(epochs) == [0, 1, 2, 3, 4]  # every epoch once: resumed, not repeated
+    census(tracker, "r1", "R1 driver SIGKILL")
 
 
 @pytest.mark.parametrize("retries", [1, 0])
@@ -200,6 +220,7 @@ def test_r2_killed_trial_process_is_retried_from_checkpoint_or_recorded(tmp_path
         assert by_method[("slow", "FAILED")] == 1 and by_method[("slow", "FINISHED")] == 0
         assert "slow × synthetic · seed 0: trial process crashed" in out
     assert not [r for r in runs if r.info.status == "RUNNING"]
+    census(tracker, name, f"R2 trial SIGKILL, failure_retries {retries}")
 
 
 def test_r3_hanging_plugin_is_ended_by_the_cell_timeout_and_frees_its_slot(tmp_path):
@@ -217,6 +238,7 @@ def test_r3_hanging_plugin_is_ended_by_the_cell_timeout_and_frees_its_slot(tmp_p
     assert runs["slow"].info.status == "FAILED" and "timed out after 20 s" in runs["slow"].data.tags["segarena.error"]
     assert runs["unet"].info.status == "FINISHED"  # ran after the hung cell, on the one slot it freed
     assert time.time() - t0 < 380
+    census(tracker, "r3", "R3 hung plugin")
 
 
 def test_r4_ctrl_c_stops_marks_interrupted_exits_130_and_rerun_resumes(tmp_path):
@@ -240,3 +262,4 @@ def test_r4_ctrl_c_stops_marks_interrupted_exits_130_and_rerun_resumes(tmp_path)
     assert again.wait(300) == 0, again.output()[-3000:]
     assert list(finished_per_cell(tracker, "r4").values()) == [1]
     assert trace_count(trace) < steps + 15  # resumed from the checkpoint, not trained from scratch
+    census(tracker, "r4", "R4 Ctrl-C and rerun")

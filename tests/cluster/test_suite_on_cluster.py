@@ -9,28 +9,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.cluster
+cluster_nodes = sys.modules["segarena_cluster_nodes"]  # tests/cluster/nodes.py, loaded by conftest.py's load_nodes()
 
-SUITE = """
-name: {name}
-methods:
-  - name: unet
-    profile: tiny
-datasets:
-  - name: synthetic
-    params: {{size: 32, n_cases: 16}}
-seeds: [0]
-epochs: 1
-steps_per_epoch: 3
-resources: {{workers_per_trial: 2, cpus_per_worker: 1, gpus_per_worker: 0}}
-evaluation: {{timing_repeats: 2, timing_warmup: 1, throughput_batch: 2, val_cases: 4}}
-"""
 
 
 def _train_workers(dashboard_url: str | None) -> dict[str, str]:
@@ -51,7 +37,7 @@ def test_two_worker_cell_runs_across_both_nodes_and_ranks_from_the_server(joined
 
     name = f"cluster-ddp-{os.getpid()}"
     suite = tmp_path / "suite.yaml"
-    suite.write_text(textwrap.dedent(SUITE.format(name=name)))
+    suite.write_text(cluster_nodes.unet_suite(name, workers=2))
     with connect(joined.address) as handle:
         before = _train_workers(handle.dashboard_url)
         nodes = {n["NodeID"] for n in handle.nodes}
