@@ -250,9 +250,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 else:
                     refs[n].append(torch_reference(n, args.epochs, args.steps))
                     print(f"[torch {n} proc] {refs[n][-1]['wall_s']} s", flush=True)
-    med = {n: statistics.median(r["suite_wall_s"] for r in suites[n]) for n in (1, 2)}
-    span = {n: statistics.median(r["cells_span_s"] for r in suites[n]) for n in (1, 2)}
-    ref = {n: statistics.median(r["wall_s"] for r in refs[n]) for n in (1, 2)}
+    med = {n: round(statistics.median(r["suite_wall_s"] for r in suites[n]), 2) for n in (1, 2)}
+    span = {n: round(statistics.median(r["cells_span_s"] for r in suites[n]), 2) for n in (1, 2)}
+    ref = {n: round(statistics.median(r["wall_s"] for r in refs[n]), 2) for n in (1, 2)}
     result = {
         "suite": {"cells": N_CELLS, "method": "unet (tiny)", "dataset": "synthetic 64 px", "epochs": args.epochs,
                   "steps_per_epoch": args.steps, "cpus_per_node": 1, "workers_per_trial": 1},
