@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import textwrap
 from pathlib import Path
 
@@ -11,6 +13,11 @@ import pytest
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+if "segarena_test_fakes" not in sys.modules:  # tests/fakes.py, importable as segarena_test_fakes
+    _spec = importlib.util.spec_from_file_location("segarena_test_fakes", Path(__file__).with_name("fakes.py"))
+    sys.modules["segarena_test_fakes"] = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(sys.modules["segarena_test_fakes"])
 
 FOLDER_METHOD = '''
 import torch

@@ -10,42 +10,24 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from segarena_test_fakes import UntrainedMethod
 
 from segarena.platform.cli import main
 from segarena.platform.dataset import Case
 from segarena.platform.evaluation import evaluate
 from segarena.platform.mask_files import read_mask, write_masks
 from segarena.platform.metrics import nsd, per_case_metrics
-from segarena.platform.plugin import Budget, MethodPlugin, Prediction, Task
+from segarena.platform.plugin import Budget, Prediction, Task
 from segarena.platform.predictions import load_npz
 
 MASK_COLUMNS = ["case_id", "class", "dice", "iou", "hd95", "hd95_unit", "gt_empty", "pred_empty", "gt_voxels",
                 "pred_voxels", "nsd", "nsd_tolerance"]
 
 
-class Blobs(MethodPlugin):
+class Blobs(UntrainedMethod):
     """Thresholds a smoothed copy of the image: imperfect masks, empty ones included."""
 
     name = "blobs"
-    paper = "test"
-    denoiser = "net"  # an identity the harness counts
-
-    def __init__(self, hparams, task):
-        super().__init__(hparams, task)
-        self.net = torch.nn.Identity()
-
-    @classmethod
-    def profiles(cls):
-        return {"tiny": {}, "paper": {}}
-
-    def modules(self):
-        return {}
-
-    def optimizers(self):
-        return {}
-
-    def training_step(self, batch):
-        return {"loss": 0.0}
 
     def predict(self, images, budget, generator=None):
         for _ in range(budget.nfe):

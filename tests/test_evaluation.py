@@ -4,39 +4,24 @@ from __future__ import annotations
 
 import pytest
 import torch
+from segarena_test_fakes import UntrainedMethod
 
 from segarena.platform.dataset import Case
 from segarena.platform.evaluation import EvaluationError, evaluate
-from segarena.platform.plugin import Budget, MethodPlugin, Prediction, Task
+from segarena.platform.plugin import Budget, Prediction, Task
 
 TASK = Task(in_channels=1, num_classes=1, image_size=(8, 8))
 CFG = {"batch_size": 2, "timing_repeats": 2, "timing_warmup": 0, "throughput_batch": 2}
 
 
-class Thresholder(MethodPlugin):
+class Thresholder(UntrainedMethod):
     """Predicts image > 0.5; ``passes`` sets the reported nfe multiple, ``nan`` poisons probs."""
 
     name = "thresholder"
-    paper = "test"
-    denoiser = "net"  # an identity the harness counts: nfe passes per image
 
     def __init__(self, passes: int = 1, nan: bool = False) -> None:
         super().__init__({}, TASK)
         self.passes, self.nan = passes, nan
-        self.net = torch.nn.Identity()
-
-    @classmethod
-    def profiles(cls):
-        return {"tiny": {}, "paper": {}}
-
-    def modules(self):
-        return {}
-
-    def optimizers(self):
-        return {}
-
-    def training_step(self, batch):
-        return {"loss": 0.0}
 
     def predict(self, images, budget, generator=None):
         for _ in range(budget.nfe * self.passes):

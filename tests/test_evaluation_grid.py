@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from segarena_test_fakes import UntrainedMethod
 
 from segarena.platform.dataset import Case
 from segarena.platform.errors import SpecError
@@ -21,7 +22,7 @@ from segarena.platform.evaluation import (
     repeat_seed,
 )
 from segarena.platform.metrics import SUMMARY_METRICS
-from segarena.platform.plugin import Budget, MethodPlugin, Prediction, Task
+from segarena.platform.plugin import Budget, Prediction, Task
 from segarena.platform.predictions import load_npz
 
 TASK = Task(in_channels=1, num_classes=1, image_size=(8, 8))
@@ -31,32 +32,16 @@ SCORE_COLUMNS = ["budget", "case_id", "class", "dice", "iou", "hd95", "nsd", "ge
                  "brier", "nll", "members", "dice_repeat_std"]
 
 
-class NoisyMembers(MethodPlugin):
+class NoisyMembers(UntrainedMethod):
     """A deterministic fake stochastic method: member k = sigmoid(4·(image − ½) + noise_k), the noise drawn
     member by member from the generator, so an ensemble of e is the first e members of a larger one."""
 
     name = "noisy-members"
-    paper = "test"
     stochastic = True
-    denoiser = "net"  # an identity the harness counts: steps passes per member
 
     def __init__(self, noise: float = 1.0, fusion: str = "mean") -> None:
         super().__init__({}, TASK)
         self.noise, self.fusion = noise, fusion
-        self.net = torch.nn.Identity()
-
-    @classmethod
-    def profiles(cls):
-        return {"tiny": {}, "paper": {}}
-
-    def modules(self):
-        return {}
-
-    def optimizers(self):
-        return {}
-
-    def training_step(self, batch):
-        return {"loss": 0.0}
 
     def _passes(self, images, steps):
         for _ in range(steps):
