@@ -135,10 +135,8 @@ class _Lease:
         self.tracker, self.exp_id, self.driver, self.every_s = tracker, exp_id, driver, every_s
         self.run_id = tracker.start_driver(exp_id, suite, driver, socket.gethostname())
         live = tracker.live_drivers(exp_id)  # oldest first
-        ids = [r.data.tags.get("segarena.driver") for r in live]
-        # the oldest lease wins: two drivers started together see each other, and exactly one goes on
-        others = live[:ids.index(driver)] if driver in ids else [r for r in live if r.data.tags.get(
-            "segarena.driver") != driver]
+        mine = next((i for i, r in enumerate(live) if r.data.tags.get("segarena.driver") == driver), len(live))
+        others = live[:mine]  # the oldest lease wins: of two drivers started together exactly one goes on
         if others:
             tracker.stop_driver(self.run_id)
             o = others[0]

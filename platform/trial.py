@@ -47,8 +47,9 @@ def _watchdog(job: Job, tracker: Tracker, workdir: WorkDir) -> threading.Timer |
 
     def expire() -> None:
         message = timeout_message(s.cell_timeout_s)
-        workdir.timeout_marker(job.cell).parent.mkdir(parents=True, exist_ok=True)
-        workdir.timeout_marker(job.cell).write_text(s.driver)
+        marker = workdir.timeout_marker(job.cell)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(s.driver)
         try:
             tracker.fail_driver_runs(s.experiment_id, s.driver, message, job.cell.key)
         finally:
