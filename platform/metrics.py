@@ -16,6 +16,7 @@ Public entry points for labs: ``per_case_metrics(pred, gt, spacing)``, ``distrib
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,7 +51,12 @@ class Surfaces:
     gt_to_pred: np.ndarray
 
 
-_CROSS: dict[int, np.ndarray] = {}  # connectivity-1 structuring element per rank (binary_erosion's default)
+@functools.cache
+def _cross(ndim: int) -> np.ndarray:
+    """The connectivity-1 structuring element of a rank (binary_erosion's default), built once."""
+    from scipy import ndimage
+
+    return ndimage.generate_binary_structure(ndim, 1)
 
 
 def surfaces(pred: Any, gt: Any, spacing: Sequence[float] | None) -> Surfaces | None:
@@ -74,9 +80,7 @@ def surfaces(pred: Any, gt: Any, spacing: Sequence[float] | None) -> Surfaces | 
         box.append(slice(max(0, hit[0] - 1), hit[-1] + 2))  # one voxel of margin: erosion sees the outside
     p, g = p[tuple(box)], g[tuple(box)]
     scale = np.asarray(spacing if spacing is not None else [1.0] * p.ndim, dtype=np.float64)
-    if p.ndim not in _CROSS:
-        _CROSS[p.ndim] = ndimage.generate_binary_structure(p.ndim, 1)
-    cross = _CROSS[p.ndim]
+    cross = _cross(p.ndim)
     edge_p = np.argwhere(p ^ ndimage.binary_erosion(p, cross)).astype(np.float64) * scale
     edge_g = np.argwhere(g ^ ndimage.binary_erosion(g, cross)).astype(np.float64) * scale
     return Surfaces(_nearest(edge_p, edge_g).astype(np.float32), _nearest(edge_g, edge_p).astype(np.float32))

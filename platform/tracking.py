@@ -56,15 +56,19 @@ def default_tracking_uri(workdir: Path) -> str:
     return WorkDir.at(workdir).tracking_uri
 
 
-def _retry(fn: Callable[[], T], attempts: int = 10) -> T:
+def _locked(text: str) -> bool:
+    return "locked" in text
+
+
+def _retry(fn: Callable[[], T], attempts: int = 10, retriable: Callable[[str], bool] = _locked) -> T:
     """SQLite allows one writer at a time; concurrent trials retry a locked database. MLflow passes some
-    of SQLAlchemy's errors through unwrapped, so any error that says "database is locked" is retried."""
+    of SQLAlchemy's errors through unwrapped, so any error whose type, text or cause says "database is
+    locked" is retried (``retriable`` widens that for a known race)."""
     for i in range(attempts):
         try:
             return fn()
         except Exception as exc:  # MlflowException, sqlalchemy.exc.OperationalError, sqlite3.OperationalError
-            locked = "locked" in str(exc).lower() or "locked" in str(exc.__cause__ or "").lower()
-            if not locked or i == attempts - 1:
+            if not retriable(f"{type(exc).__name__} {exc} {exc.__cause__ or ''}".lower()) or i == attempts - 1:
                 raise
             time.sleep(0.1 * 2**i + random.random() * 0.1)  # jitter: two trials that collided do not retry in step
     raise AssertionError("unreachable")
@@ -381,15 +385,9 @@ class Tracker:
         ds = Dataset(name=cell.dataset_label or cell.dataset, digest=digest[:36], source_type="segarena",
                      source=source)
         inputs = [DatasetInput(ds, [InputTag("mlflow.data.context", "train")])]
-        for attempt in range(3):
-            try:
-                _retry(lambda: self.client.log_inputs(run_id, inputs))
-                return
-            except Exception as exc:  # two cells of one dataset race to insert its row: the loser links it
-                text = f"{type(exc).__name__} {exc} {exc.__cause__ or ''}".lower()
-                if attempt == 2 or not ("unique" in text or "integrity" in text):
-                    raise
-                time.sleep(0.2 + random.random() * 0.2)
+        # two cells of one dataset race to insert its row: the loser retries and links the winner's
+        _retry(lambda: self.client.log_inputs(run_id, inputs),
+               retriable=lambda text: _locked(text) or "unique" in text or "integrity" in text)
 
     def log_history(self, run_id: str, history: pd.DataFrame) -> None:
         """Training curves (``train/*``, ``val/dice``) per epoch."""

@@ -346,3 +346,26 @@ def test_two_drivers_creating_one_experiment_at_once_both_get_it(tracker, suite,
     real = tracker.client.get_experiment_by_name
     monkeypatch.setattr(tracker.client, "get_experiment_by_name", lambda name: next(lookups, real(name)))
     assert tracker.experiment(suite) == theirs
+
+
+def test_retry_widened_for_a_known_race_retries_that_error_only():
+    import sqlite3
+
+    from segarena.platform.tracking import _retry
+
+    calls = []
+
+    def racing():
+        calls.append(1)
+        if len(calls) < 2:
+            raise sqlite3.IntegrityError("UNIQUE constraint failed: datasets.dataset_uuid")
+        return "linked"
+
+    def integrity(text):
+        return "integrity" in text
+
+    assert _retry(racing, retriable=integrity) == "linked" and len(calls) == 2
+    calls.clear()
+    with pytest.raises(sqlite3.IntegrityError):
+        _retry(racing)  # the default retries locked databases only
+    assert len(calls) == 1
