@@ -83,8 +83,8 @@ def load_curves_and_cells(tracker: Any, seeds: pd.DataFrame) -> tuple[pd.DataFra
 def load_report_data(tracker: Any, suite: str) -> ReportData:
     """Read one suite's report inputs from the store (raises SegarenaError for an unknown suite)."""
     from segarena.dashboards.prediction_grid import load_prediction_grids
-    from segarena.platform.leaderboard import leaderboard, seed_scores
-    from segarena.platform.statistics import case_rows
+    from segarena.platform.board.leaderboard import leaderboard, seed_scores
+    from segarena.platform.board.statistics import case_rows
 
     board, failed = leaderboard(tracker, suite)
     seeds = _seed_rows(seed_scores(tracker, suite))

@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from segarena.platform.statistics import DatasetStats
+from segarena.platform.board.statistics import DatasetStats
 
 PALETTE = qualitative.D3 + qualitative.Set2
 LAYOUT = {"template": "plotly_white", "margin": {"l": 60, "r": 20, "t": 48, "b": 50}, "font": {"size": 12},

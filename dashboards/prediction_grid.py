@@ -1,10 +1,10 @@
 """The report's prediction grid: per dataset, one row per method, its best / median / worst test case.
 
 The images are the overlays each evaluation run stored (``predictions/overlays/{best,median,worst}{k}_<case>.png``,
-written by ``platform/predictions.py``: image with truth contour green + prediction contour red, beside the
+written by ``platform/scoring/predictions.py``: image with truth contour green + prediction contour red, beside the
 member-disagreement map), read through ``Tracker.fetch`` only, recompressed to a small palette PNG and
 embedded as base64 so the report stays one file that opens offline. Case ids come from the run's per-case
-table (the file names hold a sanitised slug). No torch: ``platform/predictions.py`` imports it, so its slug
+table (the file names hold a sanitised slug). No torch: ``platform/scoring/predictions.py`` imports it, so its slug
 rule is repeated here (a test keeps the two equal).
 """
 
@@ -34,7 +34,7 @@ KEYS = ["suite", "dataset", "method", "variant", "profile", "budget"]
 
 
 def slug(text: str) -> str:
-    """The overlay file-name form of a case id (the same rule as ``platform/predictions.py``)."""
+    """The overlay file-name form of a case id (the same rule as ``platform/scoring/predictions.py``)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:80]
 
 

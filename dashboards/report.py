@@ -21,7 +21,7 @@ from segarena.dashboards import figures as F
 from segarena.dashboards.data import ReportData, load_report_data
 from segarena.dashboards.html import FigureSlots, esc, page, table
 from segarena.dashboards.prediction_grid import grid_html
-from segarena.platform.statistics import DEFAULT_STATS, DatasetStats, StatsConfig, board_statistics, mean_ranks
+from segarena.platform.board.statistics import DEFAULT_STATS, DatasetStats, StatsConfig, board_statistics, mean_ranks
 
 FIGURES_PER_DATASET = ("pareto", "dice_vs_nfe", "per_case_dice", "per_case_hd95", "rank_blob", "significance",
                        "training_curves")
@@ -208,7 +208,7 @@ def report_figures(data: ReportData, config: StatsConfig = DEFAULT_STATS) -> lis
 
 
 def default_output(workdir: Path | str, suite: str) -> Path:
-    from segarena.platform.workdir import WorkDir
+    from segarena.platform.store.workdir import WorkDir
 
     return WorkDir.at(workdir).report(suite)
 

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import torch
 
 from segarena.platform.dataset import Case
-from segarena.platform.workdir import WorkDir
+from segarena.platform.store.workdir import WorkDir
 
 SHARD_CASES = 256
 SCHEMA = pa.schema([

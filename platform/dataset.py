@@ -15,9 +15,10 @@ from typing import Any, ClassVar
 import torch
 
 from segarena.platform.errors import DataError
+from segarena.platform.paths import cache_root
 from segarena.platform.plugin import API_VERSION, Task
 from segarena.platform.records import stable_hash
-from segarena.platform.workdir import WorkDir
+from segarena.platform.store.workdir import WorkDir
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class DatasetPlugin(ABC):
         if root is None and self.root_env:
             root = os.environ.get(self.root_env)
         self.root = Path(root) if root is not None else None
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else cache_root()
         self.params = params
         self._cases: list[Case] | None = None
 
@@ -217,8 +218,4 @@ def block_split(cases: Sequence[Case], seed: int, gap: int = 5, fractions: tuple
         elif clear_of(p, test + val):
             out[0].append(c.case_id)
     return Split(tuple(out[0]), tuple(out[1]), tuple(out[2]), "blocks")
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("SEGARENA_CACHE", Path.home() / ".cache" / "segarena"))
 

@@ -59,7 +59,7 @@ class MethodPlugin(ABC):
     # The training_step key the progress line shows (e.g. a GAN's generator loss, not a
     # discriminator term); None = the first key training_step returns.
     headline_loss: ClassVar[str | None] = None
-    # The harness augmentation kind (``segarena.platform.augment.KINDS``) closest to the training
+    # The harness augmentation kind (``segarena.platform.run.augment.KINDS``) closest to the training
     # augmentation the method's paper/official code uses. Declarative: training applies the suite's
     # ``augment:`` to every method alike, never this; it tells a lab which kind reproduces the paper.
     paper_augment: ClassVar[str] = "none"
@@ -101,8 +101,8 @@ class MethodPlugin(ABC):
     def validate_hparams(cls, hparams: dict[str, Any]) -> None:
         """Raise ``ValueError("<key>: <why>")`` when a resolved hyperparameter set cannot be right; runs on the
         driver before any cell starts. Default: each value looks like the profiles' values of that key
-        (``segarena.platform.hparam_check``). Override to add ranges and choices, calling ``super()`` first."""
-        from segarena.platform.hparam_check import check_like_profiles
+        (``segarena.platform.plugins.hparams``). Override to add ranges and choices, calling ``super()`` first."""
+        from segarena.platform.plugins.hparams import check_like_profiles
 
         check_like_profiles(hparams, cls.profiles())
 

@@ -105,7 +105,7 @@ class Cell:
     augment: str = "none"
     dataset_hash: str = ""  # content hash of the data served (filled in on the driver)
     dataset_label: str = ""  # the leaderboard section when one dataset plugin appears with other params
-    plugin_source_hash: str = ""  # the method plugin's own source files (platform/plugin_source.py)
+    plugin_source_hash: str = ""  # the method plugin's own source files (platform/plugins/source.py)
 
     def training_fields(self) -> dict[str, Any]:
         return {"api": API_VERSION, "method": self.method, "profile": self.profile, "hparams": self.hparams,

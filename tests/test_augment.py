@@ -5,10 +5,10 @@ import pytest
 import torch
 from monai.transforms import RandAffined, RandFlipd, RandRotate90d
 
-from segarena.platform.augment import KINDS, Augment, worker_seed
 from segarena.platform.conformance import synthetic_batch
 from segarena.platform.errors import SpecError
 from segarena.platform.plugin import Task
+from segarena.platform.run.augment import KINDS, Augment, worker_seed
 
 TASK = Task(in_channels=2, num_classes=2, image_size=(32, 32), exclusive=False)
 STEPS = range(12)
@@ -142,7 +142,7 @@ def test_non_square_images_keep_their_shape():
 
 
 def test_built_in_methods_declare_their_papers_recipe_as_a_kind():
-    from segarena.platform.registry import discover
+    from segarena.platform.plugins.registry import discover
 
     registry = discover(use_env=False)
     declared = {info.name: registry.method(info.name).paper_augment for info in registry.infos("method")}

@@ -125,7 +125,7 @@ def test_datasets_show_says_where_to_get_data_that_is_missing(capsys, monkeypatc
 
 
 def test_every_dataset_plugin_with_a_folder_says_how_to_lay_it_out():
-    from segarena.platform.registry import discover
+    from segarena.platform.plugins.registry import discover
 
     for info in discover([]).infos("dataset"):
         if info.cls.root_env:
@@ -144,7 +144,7 @@ def test_suites_are_listed_relative_to_the_repository(capsys):
 
 
 def test_next_steps_name_the_ui_the_report_and_the_per_case_rows(tmp_path, monkeypatch):
-    from segarena.platform.cli import next_steps
+    from segarena.platform.cli.run import next_steps
 
     monkeypatch.chdir(tmp_path)
     text = next_steps(tmp_path / "runs", "default", tmp_path / "runs" / "report.html")
@@ -227,7 +227,7 @@ def small_store(tmp_path):
     """A real work-dir store: one experiment with served-artifact location, one run, a metric, a file."""
     from mlflow.tracking import MlflowClient
 
-    from segarena.platform.workdir import WorkDir
+    from segarena.platform.store.workdir import WorkDir
 
     wd = WorkDir.at(tmp_path / "runs")
     wd.root.mkdir()

@@ -14,11 +14,11 @@ from segarena_test_fakes import UntrainedMethod
 
 from segarena.platform.cli import main
 from segarena.platform.dataset import Case
-from segarena.platform.evaluation import evaluate
-from segarena.platform.mask_files import read_mask, write_masks
-from segarena.platform.metrics import nsd, per_case_metrics
 from segarena.platform.plugin import Budget, Prediction, Task
-from segarena.platform.predictions import load_npz
+from segarena.platform.scoring.evaluation import evaluate
+from segarena.platform.scoring.mask_files import read_mask, write_masks
+from segarena.platform.scoring.metrics import nsd, per_case_metrics
+from segarena.platform.scoring.predictions import load_npz
 
 MASK_COLUMNS = ["case_id", "class", "dice", "iou", "hd95", "hd95_unit", "gt_empty", "pred_empty", "gt_voxels",
                 "pred_voxels", "nsd", "nsd_tolerance"]

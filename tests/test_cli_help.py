@@ -12,7 +12,7 @@ from importlib.metadata import version
 import pytest
 
 from segarena.platform.api import API_VERSION
-from segarena.platform.cli import build_parser
+from segarena.platform.cli.main import build_parser
 
 HEAVY = ("torch", "ray", "mlflow", "pandas", "monai")
 HELP_BOUND_S = 3.0
@@ -38,7 +38,7 @@ def _cli(*argv: str, timeout: float = 60) -> tuple[subprocess.CompletedProcess, 
 
 
 def test_building_the_parser_imports_nothing_heavy():
-    code = ("import json, sys\nfrom segarena.platform.cli import build_parser\nbuild_parser()\n"
+    code = ("import json, sys\nfrom segarena.platform.cli.main import build_parser\nbuild_parser()\n"
             f"print(json.dumps([m for m in {list(HEAVY)!r} if m in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
@@ -64,7 +64,7 @@ def test_every_positional_has_help():
 
 
 def test_version_names_every_component_without_importing_them():
-    code = ("import json, sys\nfrom segarena.platform.cli import main\n"
+    code = ("import json, sys\nfrom segarena.platform.cli.main import main\n"
             "try:\n    main(['--version'])\nexcept SystemExit:\n    pass\n"
             f"print(json.dumps([m for m in {list(HEAVY)!r} if m in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)

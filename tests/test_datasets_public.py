@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from segarena.platform.dataset_conformance import DatasetConformance
+from segarena.platform.conformance import DatasetConformance
 from segarena.platform.errors import DataError
-from segarena.platform.registry import discover
+from segarena.platform.plugins.registry import discover
 
 RNG = np.random.default_rng(0)
 REGISTRY = discover(use_env=False)

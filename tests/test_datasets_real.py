@@ -11,10 +11,10 @@ import torch
 import segarena.datasets.brain_templates as templates
 import segarena.datasets.dsb2018 as dsb
 from segarena.datasets.synthetic import SyntheticShapes
+from segarena.platform.conformance import DatasetConformance, run_dataset_checks
 from segarena.platform.dataset import Case, block_split
-from segarena.platform.dataset_conformance import DatasetConformance, run_dataset_checks
 from segarena.platform.errors import DataError
-from segarena.platform.registry import discover
+from segarena.platform.plugins.registry import discover
 
 REGISTRY = discover(use_env=False)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from segarena.platform.leaderboard import leaderboard
-from segarena.platform.runner import run_suite
-from segarena.platform.tracking import KIND_EVAL, KIND_TRAIN, Tracker, cell_tags
-from segarena.platform.workdir import WorkDir
+from segarena.platform.board.leaderboard import leaderboard
+from segarena.platform.run.driver import run_suite
+from segarena.platform.store.tracking import KIND_EVAL, KIND_TRAIN, Tracker, cell_tags
+from segarena.platform.store.workdir import WorkDir
 
 SUITE = """
 name: e2e
@@ -41,9 +41,9 @@ def test_suite_runs_reruns_without_duplicates_and_ranks(ray_session, tmp_path, m
     tracker = Tracker(WorkDir.at(workdir).tracking_uri, WorkDir.at(workdir))
     exp = tracker.experiment("e2e")
     # a run left RUNNING by a driver that was killed
-    from segarena.platform.registry import discover
-    from segarena.platform.runner import prepare_cells
-    from segarena.platform.suite import load_suite
+    from segarena.platform.plugins.registry import discover
+    from segarena.platform.run.driver import prepare_cells
+    from segarena.platform.spec.suite import load_suite
 
     spec, path = load_suite(suite)
     unet_cell = prepare_cells(spec, path, discover([plugins], use_env=False), WorkDir.at(workdir))[0]

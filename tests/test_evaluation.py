@@ -7,8 +7,8 @@ import torch
 from segarena_test_fakes import UntrainedMethod
 
 from segarena.platform.dataset import Case
-from segarena.platform.evaluation import EvaluationError, evaluate
 from segarena.platform.plugin import Budget, Prediction, Task
+from segarena.platform.scoring.evaluation import EvaluationError, evaluate
 
 TASK = Task(in_channels=1, num_classes=1, image_size=(8, 8))
 CFG = {"batch_size": 2, "timing_repeats": 2, "timing_warmup": 0, "throughput_batch": 2}

@@ -14,16 +14,16 @@ from segarena_test_fakes import UntrainedMethod
 
 from segarena.platform.dataset import Case
 from segarena.platform.errors import SpecError
-from segarena.platform.evaluation import (
+from segarena.platform.plugin import Budget, Prediction, Task
+from segarena.platform.scoring.evaluation import (
     batch_seed,
     evaluate,
     predict_as_evaluated,
     prefix_prediction,
     repeat_seed,
 )
-from segarena.platform.metrics import SUMMARY_METRICS
-from segarena.platform.plugin import Budget, Prediction, Task
-from segarena.platform.predictions import load_npz
+from segarena.platform.scoring.metrics import SUMMARY_METRICS
+from segarena.platform.scoring.predictions import load_npz
 
 TASK = Task(in_channels=1, num_classes=1, image_size=(8, 8))
 CFG = {"batch_size": 2, "timing_repeats": 1, "timing_warmup": 0, "throughput_batch": 1}
@@ -100,7 +100,7 @@ def test_prefix_of_a_draw_equals_predicting_that_size_directly():
 def test_prefix_equals_direct_on_real_methods_at_tiny_profile(name, budget):
     """Real plugins (untrained, 32 px) whose only randomness is the member-major initial noise (MedSegDiff's
     DDIM with eta 0, SDSeg's direct sampler): prefixes equal direct prediction exactly."""
-    from segarena.platform.registry import discover
+    from segarena.platform.plugins.registry import discover
 
     cls = discover(use_env=False).method(name)
     task = Task(in_channels=1, num_classes=1, image_size=(32, 32))
@@ -190,7 +190,7 @@ def test_saved_predictions_hold_every_mask_and_overlays(tmp_path: Path, monkeypa
                                  CFG["batch_size"], members_from=budgets[1])  # direct-e1 came from direct-e3
     assert results["direct-e1"]["tags"]["members_from"] == "direct-e3"
     np.testing.assert_array_equal(load_npz(tmp_path / "direct-e1" / "predictions.npz")["masks"], again.numpy())
-    import segarena.platform.predictions as predictions
+    import segarena.platform.scoring.predictions as predictions
 
     monkeypatch.setattr(predictions, "NPZ_MAX_CASES", 3)
     _, results = evaluate(NoisyMembers(), cases, budgets[:1], TASK, CPU, 0, CFG, predictions_dir=tmp_path / "o")
@@ -210,7 +210,7 @@ def write(tmp_path: Path, budgets: str) -> Path:
 
 
 def test_budget_grid_and_list_forms(tmp_path: Path):
-    from segarena.platform.suite import budget_list, load_suite
+    from segarena.platform.spec.suite import budget_list, load_suite
 
     spec, _ = load_suite(write(tmp_path, "{sampler: ddim, steps: [1, 5], ensemble: [1, 3]}"))
     assert [b.name for b in budget_list(spec.methods[0].budgets)] == ["ddim1-e1", "ddim1-e3", "ddim5-e1", "ddim5-e3"]
@@ -227,7 +227,7 @@ def test_budget_grid_and_list_forms(tmp_path: Path):
     ("[{sampler: ddim, steps: 2}, {sampler: ddim, steps: 2}]", "budgets repeat: ddim2-e1"),
 ])
 def test_bad_budget_grids_name_the_field(tmp_path: Path, budgets: str, message: str):
-    from segarena.platform.suite import load_suite
+    from segarena.platform.spec.suite import load_suite
 
     with pytest.raises(SpecError, match=message):
         load_suite(write(tmp_path, budgets))
@@ -238,7 +238,7 @@ def test_bad_budget_grids_name_the_field(tmp_path: Path, budgets: str, message: 
 def test_diffusion_plugins_fuse_hook_reproduces_their_prediction(name: str, classes: int):
     """Prefix scoring is on for the built-in diffusion methods: ``fuse`` on all members gives back the fused
     probabilities and mask (one-hot cDAL, whose fusion needs its background channel, opts out)."""
-    from segarena.platform.registry import discover
+    from segarena.platform.plugins.registry import discover
 
     cls = discover(use_env=False).method(name)
     task = Task(in_channels=1, num_classes=classes, image_size=(32, 32))

@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from segarena.platform.metrics import aggregate, per_case_metrics
+from segarena.platform.scoring.metrics import aggregate, per_case_metrics
 
 
 def square(shape=(40, 40), y=10, x=10, size=10):
@@ -131,7 +131,7 @@ def monai_hd95(a: np.ndarray, b: np.ndarray, spacing) -> float:
 def test_hd95_is_bit_identical_to_monai(seed):
     """Same value, not approximately: border-touching shapes, far-apart specks, 2D and 3D, anisotropic
     spacing, single voxels; and NSD from the shared boundary distances equals NSD computed alone."""
-    from segarena.platform.metrics import hd95, nsd, surfaces
+    from segarena.platform.scoring.metrics import hd95, nsd, surfaces
 
     rng = np.random.default_rng(seed)
     shape = (64, 64) if seed < 3 else (40, 36) if seed < 6 else (16, 14, 9)
@@ -151,7 +151,7 @@ def test_hd95_is_bit_identical_to_monai(seed):
 
 def test_quantile95_is_torch_quantile_bit_for_bit():
     """Both branches: tied order statistics (grid distances) and interpolated ones (continuous values)."""
-    from segarena.platform.metrics import quantile95
+    from segarena.platform.scoring.metrics import quantile95
 
     rng = np.random.default_rng(0)
     tied = 0

@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from segarena.platform.metrics import (
+from segarena.platform.scoring.metrics import (
     NLL_EPS,
     aggregate,
     brier,
@@ -231,7 +231,7 @@ def test_aggregate_extra_is_mean_of_class_means():
 def test_distribution_metrics_equal_the_public_functions_exactly(with_members):
     """The per-case path (pixels converted once, boundaries shared with HD95) gives the same values, bit
     for bit, as each public function called on its own."""
-    from segarena.platform.metrics import class_surfaces
+    from segarena.platform.scoring.metrics import class_surfaces
 
     rng = np.random.default_rng(3)
     gt = np.stack([ndimage.binary_opening(rng.random((48, 40)) > 0.5) for _ in range(2)])

@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 
 from segarena.platform.cli import main
-from segarena.platform.predictions import load_npz
-from segarena.platform.runner import run_suite
-from segarena.platform.tracking import KIND_EVAL, KIND_TRAIN, Tracker
-from segarena.platform.workdir import WorkDir
+from segarena.platform.run.driver import run_suite
+from segarena.platform.scoring.predictions import load_npz
+from segarena.platform.store.tracking import KIND_EVAL, KIND_TRAIN, Tracker
+from segarena.platform.store.workdir import WorkDir
 
 _spec = importlib.util.spec_from_file_location("_train_once", Path(__file__).with_name("test_train_once.py"))
 _once = importlib.util.module_from_spec(_spec)
@@ -54,8 +54,8 @@ def test_predict_reproduces_stored_masks_and_evaluate_reproduces_the_table(ray_s
     evals = {r.data.tags["segarena.budget"]: r for r in tracker.runs([summary.experiment_id], KIND_EVAL)}
     assert set(evals) == {"direct-e1", "direct-e3"}
 
-    from segarena.platform.cell_data import load_cell_data
-    from segarena.platform.registry import discover
+    from segarena.platform.plugins.registry import discover
+    from segarena.platform.run.cell_data import load_cell_data
 
     data = load_cell_data(discover([plugins], use_env=False), "synthetic", None, {"size": 32, "n_cases": 20},
                           wd.cache, 3)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from segarena.platform.cli import main
-from segarena.platform.preflight import (
+from segarena.platform.store.preflight import (
     EnvironmentFault,
     check_output_file,
     check_store_writable,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from segarena.platform.progress import Progress, eta_errors, headline_key, job_info, schedule_end
+from segarena.platform.run.progress import Progress, eta_errors, headline_key, job_info, schedule_end
 
 
 @dataclass

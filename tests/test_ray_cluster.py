@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from segarena.platform.errors import SegarenaError
-from segarena.platform.ray_cluster import RayHandle, _parse_address, check_shared_storage, mount_of
+from segarena.platform.run.cluster import RayHandle, _parse_address, check_shared_storage, mount_of
 
 CONNECT = """
 import sys
 from segarena.platform.errors import SegarenaError
-from segarena.platform.ray_cluster import connect
+from segarena.platform.run.cluster import connect
 try:
     connect(sys.argv[1])
 except SegarenaError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from segarena.platform.errors import PluginError
-from segarena.platform.registry import discover
+from segarena.platform.plugins.registry import discover
 
 
 def test_builtins_come_from_entry_points():

@@ -17,8 +17,8 @@ from segarena.dashboards import figures as F
 from segarena.dashboards.html import json_for_script
 from segarena.dashboards.png import HEIGHT, SCALE, WIDTH, find_chromium, write_pngs
 from segarena.dashboards.report import FIGURES_PER_DATASET, build_html, report_figures, write_report_data
-from segarena.platform.board_format import latex, render
-from segarena.platform.statistics import StatsConfig, with_statistics
+from segarena.platform.board.formats import latex, render
+from segarena.platform.board.statistics import StatsConfig, with_statistics
 
 
 def _load(name: str):
@@ -226,7 +226,7 @@ def test_grid_shows_each_methods_best_budget_on_a_large_board():
 def test_slug_rule_matches_the_evaluation_writer():
     pytest.importorskip("torch")
     from segarena.dashboards.prediction_grid import slug
-    from segarena.platform.predictions import _slug
+    from segarena.platform.scoring.predictions import _slug
 
     for case in (fx.XSS_CASE, "mni152_z121", "a b/c", "x" * 120, "é-ü.1"):
         assert slug(case) == _slug(case)
@@ -238,7 +238,7 @@ def _finish_with_predictions(tracker, exp, tt, cell, case_ids, dices, pngs: dict
     import dataclasses
 
     from segarena.platform.records import Budget
-    from segarena.platform.tracking import cell_tags
+    from segarena.platform.store.tracking import cell_tags
 
     res = tt.result({"direct-e1": (Budget(), dices, 0.5)})
     res.per_case["case_id"] = case_ids
@@ -257,8 +257,8 @@ def _finish_with_predictions(tracker, exp, tt, cell, case_ids, dices, pngs: dict
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """One SQLite store for this module's store tests (creating its schema costs seconds); one suite each."""
-    from segarena.platform.tracking import Tracker
-    from segarena.platform.workdir import WorkDir
+    from segarena.platform.store.tracking import Tracker
+    from segarena.platform.store.workdir import WorkDir
 
     root = WorkDir.at(tmp_path_factory.mktemp("runs"))
     return Tracker(root.tracking_uri, root), root
@@ -358,13 +358,13 @@ def test_latex_booktabs_bold_best_and_escaped(board):
 
 
 def test_cli_report_module_is_light():
-    code = ("import sys, segarena.platform.cli_report; heavy = {'pandas', 'plotly', 'torch', 'mlflow'} & "
+    code = ("import sys, segarena.platform.cli.report; heavy = {'pandas', 'plotly', 'torch', 'mlflow'} & "
             "set(sys.modules); assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_reading_the_store_for_a_report_imports_no_torch():
-    code = ("import sys, segarena.dashboards.report, segarena.dashboards.png, segarena.platform.leaderboard; "
+    code = ("import sys, segarena.dashboards.report, segarena.dashboards.png, segarena.platform.board.leaderboard; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -13,7 +13,7 @@ import pytest
 
 from segarena.dashboards.browser import browser_paths, check_report
 from segarena.dashboards.report import FIGURES_PER_DATASET, write_report_data
-from segarena.platform.statistics import StatsConfig
+from segarena.platform.board.statistics import StatsConfig
 
 
 def _fixtures():

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from segarena.platform.errors import SegarenaError
-from segarena.platform.metrics import per_case_metrics
-from segarena.platform.registry import plugin_folders
-from segarena.platform.runner import suite_lock
-from segarena.platform.suite import Cell
-from segarena.platform.workdir import WorkDir
-from segarena.platform.worker import train_epoch
+from segarena.platform.plugins.registry import plugin_folders
+from segarena.platform.run.driver import suite_lock
+from segarena.platform.run.train_loop import train_epoch
+from segarena.platform.scoring.metrics import per_case_metrics
+from segarena.platform.spec.suite import Cell
+from segarena.platform.store.workdir import WorkDir
 
 
 def test_second_driver_of_a_suite_is_refused(tmp_path):
@@ -92,7 +92,7 @@ def test_training_key_ignores_budgets_and_evaluation_settings_but_not_training()
 
 def test_plan_jobs_trains_evaluates_or_skips():
     from segarena.platform.records import Budget, Settings
-    from segarena.platform.runner import plan_jobs
+    from segarena.platform.run.driver import plan_jobs
 
     s = Settings("sqlite:///x", "/tmp/x", "1", (), 1, 1.0, 0.0, 0, "cpu", "0", "sha", "drv")
     new, done, partial = _cell(seed=0), _cell(seed=1), _cell(seed=2, budgets=(

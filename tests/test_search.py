@@ -14,10 +14,10 @@ import pytest
 
 from segarena.platform.cli import main
 from segarena.platform.errors import SpecError
+from segarena.platform.plugins.registry import discover
 from segarena.platform.records import Settings
-from segarena.platform.registry import discover
-from segarena.platform.runner import prepare_cells
-from segarena.platform.search import (
+from segarena.platform.run.driver import prepare_cells
+from segarena.platform.run.search.core import (
     TrialRecord,
     dominates,
     narrow,
@@ -26,10 +26,10 @@ from segarena.platform.search import (
     select,
     tuned_cells,
 )
+from segarena.platform.run.search.trainable import FINAL_KEY, STATUS_KEY, search_trial_loop
 from segarena.platform.search_space import Choice, IntUniform, LogUniform
-from segarena.platform.search_trial import FINAL_KEY, STATUS_KEY, search_trial_loop
-from segarena.platform.suite import expand, load_suite
-from segarena.platform.workdir import WorkDir
+from segarena.platform.spec.suite import expand, load_suite
+from segarena.platform.store.workdir import WorkDir
 
 BASE = """
 name: s
@@ -169,8 +169,8 @@ def test_searcher_records_every_trial_with_its_state():
     pytest.importorskip("ray.tune.search.optuna")
     from types import SimpleNamespace
 
-    from segarena.platform.search import make_searcher
-    from segarena.platform.search_trial import OBJECTIVE
+    from segarena.platform.run.search.core import make_searcher
+    from segarena.platform.run.search.trainable import OBJECTIVE
 
     plan = SimpleNamespace(space={"lr": LogUniform(1e-3, 1e-1)}, key="k",
                            search={"sampler": "random", "seed": 0, "objectives": ["val/dice"]})
@@ -263,7 +263,7 @@ def test_a_trial_predicts_validation_never_test(tmp_path, monkeypatch):
     points = json.loads(reports[-1]["search/points"])
     assert [p["name"] for p in points] == ["direct-e1"] and 0 <= points[0]["dice"] <= 1
 
-    from segarena.platform.cell_data import load_cell_data
+    from segarena.platform.run.cell_data import load_cell_data
 
     data = load_cell_data(reg, "synthetic", None, cells[0].dataset_params, WorkDir.at(tmp_path / "runs").cache, 0)
 

@@ -22,9 +22,16 @@ from pathlib import Path
 
 import pytest
 
-from segarena.platform.search import KIND_SEARCH, KIND_TRIAL, all_points, dominates, pareto_front, search_outcomes
-from segarena.platform.tracking import Tracker
-from segarena.platform.workdir import WorkDir
+from segarena.platform.run.search.core import (
+    KIND_SEARCH,
+    KIND_TRIAL,
+    all_points,
+    dominates,
+    pareto_front,
+    search_outcomes,
+)
+from segarena.platform.store.tracking import Tracker
+from segarena.platform.store.workdir import WorkDir
 
 FLAKY = '''
 import time
@@ -101,10 +108,10 @@ def _search_stage(suite: Path, workdir: Path, plugins: Path, lines: list[str]):
     """Just the search stage of ``segarena run`` (no cells), on the test session's Ray."""
     from importlib.metadata import version
 
+    from segarena.platform.plugins.registry import discover
     from segarena.platform.records import Settings
-    from segarena.platform.registry import discover
-    from segarena.platform.runner import prepare_cells
-    from segarena.platform.suite import load_suite
+    from segarena.platform.run.driver import prepare_cells
+    from segarena.platform.spec.suite import load_suite
 
     spec, path = load_suite(suite)
     wd = WorkDir.at(workdir)
@@ -237,8 +244,8 @@ def _count_recorded(db: Path) -> int:
 @pytest.mark.ray
 @pytest.mark.slow  # measured 100-108 s: a killed driver, a resuming run, a skipping run
 def test_killed_driver_resumes_search_without_rerunning_recorded_trials(ray_session, tmp_path):
-    from segarena.platform.leaderboard import leaderboard
-    from segarena.platform.runner import run_suite
+    from segarena.platform.board.leaderboard import leaderboard
+    from segarena.platform.run.driver import run_suite
 
     plugins = _plugin(tmp_path, ["no"], sleep=0.25)  # ~1 s per epoch: a wide window to kill in
     suite = tmp_path / "resume.yaml"

@@ -9,7 +9,7 @@ import pytest
 
 from segarena.platform.cli import main
 from segarena.platform.errors import SegarenaError
-from segarena.platform.server import _dir_lock, allowed_hosts
+from segarena.platform.store.server import _dir_lock, allowed_hosts
 
 
 def test_one_server_per_folder(tmp_path: Path) -> None:

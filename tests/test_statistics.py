@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from segarena.platform import statistics as st
+from segarena.platform.board import statistics as st
 
 ROW = {"suite": "s", "variant": "v", "profile": "tiny"}
 
@@ -257,5 +257,5 @@ def test_case_rows_attach_keys_and_replace_the_tables_budget():
 
 
 def test_statistics_import_no_torch():
-    code = "import sys, segarena.platform.statistics; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, segarena.platform.board.statistics; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from segarena.platform.errors import SpecError
-from segarena.platform.registry import discover
-from segarena.platform.suite import expand, load_suite
+from segarena.platform.plugins.registry import discover
+from segarena.platform.spec.suite import expand, load_suite
 
 GOOD = """
 name: t

@@ -7,10 +7,10 @@ import re
 import pandas as pd
 import pytest
 
-from segarena.platform.leaderboard import leaderboard, render
+from segarena.platform.board.leaderboard import leaderboard, render
 from segarena.platform.records import Budget, BudgetResult, Cell, CellResult, Task, Timings
-from segarena.platform.tracking import KIND_EVAL, ORPHAN_ERROR, Tracker, cell_tags
-from segarena.platform.workdir import WorkDir
+from segarena.platform.store.tracking import KIND_EVAL, ORPHAN_ERROR, Tracker, cell_tags
+from segarena.platform.store.workdir import WorkDir
 
 DIRECT = {"sampler": "direct", "steps": 1, "ensemble": 1}
 
@@ -227,7 +227,7 @@ def test_reading_the_store_never_imports_torch():
     import subprocess
     import sys
 
-    code = ("import sys; import segarena.platform.leaderboard, segarena.platform.tracking; "
+    code = ("import sys; import segarena.platform.board.leaderboard, segarena.platform.store.tracking; "
             "bad = [m for m in ('torch', 'ray', 'monai') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -253,7 +253,7 @@ def test_a_live_driver_keeps_its_cells_and_a_dead_one_loses_them(tracker, suite)
 
 def test_a_second_driver_of_a_suite_is_refused_by_the_store(tracker, suite):
     from segarena.platform.errors import SegarenaError
-    from segarena.platform.runner import _Lease
+    from segarena.platform.run.driver import _Lease
 
     exp = tracker.experiment(suite)
     first = _Lease(tracker, exp, suite, "d1", every_s=0.2)
@@ -271,7 +271,7 @@ def test_two_drivers_of_a_suite_started_together_leave_exactly_one_running(track
     import time
 
     from segarena.platform.errors import SegarenaError
-    from segarena.platform.runner import _Lease
+    from segarena.platform.run.driver import _Lease
 
     exp = tracker.experiment(suite)
     real = tracker.start_driver
@@ -316,7 +316,7 @@ def test_a_locked_sqlite_database_is_retried_whatever_wraps_the_error():
     """Two trials finishing together write to one SQLite file; MLflow lets SQLAlchemy's error through."""
     import sqlite3
 
-    from segarena.platform.tracking import _retry
+    from segarena.platform.store.tracking import _retry
 
     calls = []
 
@@ -332,7 +332,7 @@ def test_a_locked_sqlite_database_is_retried_whatever_wraps_the_error():
 
 
 def test_the_error_line_skips_sqlalchemys_background_link():
-    from segarena.platform.trial import error_line
+    from segarena.platform.run.trainable import error_line
 
     err = RuntimeError("(sqlite3.OperationalError) database is locked\n(Background on this error at: https://x)")
     assert error_line(err) == "(sqlite3.OperationalError) database is locked"
@@ -351,7 +351,7 @@ def test_two_drivers_creating_one_experiment_at_once_both_get_it(tracker, suite,
 def test_retry_widened_for_a_known_race_retries_that_error_only():
     import sqlite3
 
-    from segarena.platform.tracking import _retry
+    from segarena.platform.store.tracking import _retry
 
     calls = []
 

@@ -7,10 +7,10 @@ import textwrap
 
 import pytest
 
-from segarena.platform.leaderboard import leaderboard
-from segarena.platform.runner import run_suite
-from segarena.platform.tracking import KIND_EVAL, KIND_TRAIN, Tracker
-from segarena.platform.workdir import WorkDir
+from segarena.platform.board.leaderboard import leaderboard
+from segarena.platform.run.driver import run_suite
+from segarena.platform.store.tracking import KIND_EVAL, KIND_TRAIN, Tracker
+from segarena.platform.store.workdir import WorkDir
 
 TRACED = '''
 import torch

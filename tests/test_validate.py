@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from segarena.platform.cli import main
-from segarena.platform.registry import discover
-from segarena.platform.suite import expand, load_suite
+from segarena.platform.plugins.registry import discover
+from segarena.platform.spec.suite import expand, load_suite
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,7 +85,7 @@ def test_each_bad_value_exits_2_naming_file_field_value_with_the_store_unchanged
 
 def test_the_default_budgets_and_hparams_of_every_built_in_profile_validate():
     """The declarations agree with the plugins' own defaults: no shipped profile is refused."""
-    from segarena.platform.validate import validate_method
+    from segarena.platform.spec.validate import validate_method
 
     registry = discover(use_env=False)
     for info in registry.infos("method"):
@@ -119,7 +119,7 @@ def test_samplers_default_to_those_of_the_plugins_own_budgets(make_plugin_dir):
 
 
 def test_hparams_checks_are_loose_where_the_profiles_are():
-    from segarena.platform.hparam_check import check_like_profiles
+    from segarena.platform.plugins.hparams import check_like_profiles
 
     profiles = {"tiny": {"lr": 1e-3, "path": None, "mult": [1, 2], "heads": 4, "opts": {"a": 1.0}},
                 "paper": {"lr": 1e-4, "path": "/x", "mult": [1, 2, 4], "heads": [4, 8], "opts": {"a": 2.0}}}
@@ -173,7 +173,7 @@ def test_relative_dataset_paths_are_resolved_once_against_the_suite_folder(tmp_p
 
 def _finish(tracker, exp: str, cell, dices: list[float]) -> None:
     from segarena.platform.records import Budget, BudgetResult, CellResult, Task, Timings
-    from segarena.platform.tracking import cell_tags
+    from segarena.platform.store.tracking import cell_tags
 
     per_case = pd.DataFrame({"budget": "direct-e1", "case_id": [f"c{i}" for i in range(len(dices))], "class": "1",
                              "dice": dices, "iou": dices, "hd95": 1.0, "hd95_unit": "px", "gt_empty": False,
@@ -190,9 +190,9 @@ def _finish(tracker, exp: str, cell, dices: list[float]) -> None:
 
 def test_two_entries_of_one_dataset_plugin_are_two_leaderboard_sections(tmp_path):
     """Two `folder` roots are two datasets: labelled apart by default, named by `label:` when given."""
-    from segarena.platform.leaderboard import leaderboard
-    from segarena.platform.tracking import Tracker
-    from segarena.platform.workdir import WorkDir
+    from segarena.platform.board.leaderboard import leaderboard
+    from segarena.platform.store.tracking import Tracker
+    from segarena.platform.store.workdir import WorkDir
 
     text = suite_text().replace("  - name: synthetic\n    params: {size: 32}",
                                 "  - name: folder\n    path: /data/a\n  - name: folder\n    path: /data/b\n"
@@ -232,7 +232,7 @@ def test_editing_a_plugins_code_without_bumping_its_version_changes_the_training
 
 
 def test_a_built_in_methods_source_hash_covers_its_package_and_the_shared_code_it_imports():
-    from segarena.platform.plugin_source import plugin_source_files
+    from segarena.platform.plugins.source import plugin_source_files
 
     files = plugin_source_files(discover(use_env=False).method("medsegdiff"))
     assert {"medsegdiff/method.py", "medsegdiff/diffusion.py", "medsegdiff/__init__.py"} <= set(files)
@@ -276,7 +276,7 @@ def test_a_dataset_plugin_named_to_climb_out_of_the_work_dir_writes_nothing_outs
     assert set(tmp_path.rglob("*")) == before  # nothing written anywhere
     # and past the registry (a class used directly): the split path is checked before anything is written
     from segarena.platform.errors import SegarenaError
-    from segarena.platform.registry import _import_isolated
+    from segarena.platform.plugins.registry import _import_isolated
 
     evil = _import_isolated(plugins / "evil.py").Evil(cache_dir=workdir / "cache")
     with pytest.raises(SegarenaError, match="would leave"):
@@ -306,7 +306,7 @@ def write_scans(root: Path, patients: int = 5, per_patient: int = 2) -> None:
 
 
 def test_the_readme_dataset_plugin_passes_conformance_and_validation(tmp_path, capsys):
-    from segarena.platform.dataset_conformance import run_dataset_checks
+    from segarena.platform.conformance import run_dataset_checks
 
     plugins = tmp_path / "plugins"
     plugins.mkdir()
@@ -340,7 +340,7 @@ def test_a_checkpoint_holding_pickled_objects_is_refused_without_running_them(tm
     import torch
 
     from segarena.platform.errors import StoreError
-    from segarena.platform.weights import load_state
+    from segarena.platform.plugins.weights import load_state
 
     marker = tmp_path / "pwned"
     torch.save({"modules": {}, "extra": _Payload(marker)}, tmp_path / "weights.pt")

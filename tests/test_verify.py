@@ -1,5 +1,5 @@
 """The harness's own checks of a prediction: denoiser passes counted with a hook, probabilities and masks
-checked, each failure one line naming the numbers (platform/verify.py)."""
+checked, each failure one line naming the numbers (platform/scoring/checks.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from segarena.platform.conformance import MethodConformance
 from segarena.platform.errors import PluginError
 from segarena.platform.plugin import Budget, MethodPlugin, Prediction, Task
-from segarena.platform.verify import PredictionError, check_prediction, count_denoiser_calls
+from segarena.platform.scoring.checks import PredictionError, check_prediction, count_denoiser_calls
 
 TASK = Task(in_channels=1, num_classes=1, image_size=(16, 16))
 
@@ -169,7 +169,7 @@ def test_conformance_counts_with_the_same_hook():
 
 
 def test_a_built_in_baseline_counts_one_pass_per_image():
-    from segarena.platform.registry import discover
+    from segarena.platform.plugins.registry import discover
 
     cls = discover(use_env=False).method("unet")
     method = cls(cls.profiles()["tiny"], Task(1, 1, (32, 32))).eval()

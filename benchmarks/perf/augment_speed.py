@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from segarena.methods.unet import UNetMethod
-from segarena.platform.augment import KINDS, Augment
 from segarena.platform.conformance import synthetic_batch
 from segarena.platform.plugin import Task
+from segarena.platform.run.augment import KINDS, Augment
 
 RESULTS = Path(__file__).parent / "results"
 

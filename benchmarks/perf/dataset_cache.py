@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from segarena.platform.registry import discover
+from segarena.platform.plugins.registry import discover
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPEATS = 3

@@ -27,12 +27,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-import segarena.platform.evaluation as evaluation
-from segarena.platform.cell_data import load_cell_data
-from segarena.platform.metrics import aggregate
+import segarena.platform.scoring.evaluation as evaluation
 from segarena.platform.plugin import Budget
-from segarena.platform.registry import discover
-from segarena.platform.timing import time_method
+from segarena.platform.plugins.registry import discover
+from segarena.platform.run.cell_data import load_cell_data
+from segarena.platform.scoring.metrics import aggregate
+from segarena.platform.scoring.timing import time_method
 
 OUT = Path(__file__).resolve().parent / "results"
 ROUNDS = 5

@@ -36,10 +36,10 @@ from pathlib import Path
 
 import torch
 
-import segarena.platform.evaluation as evaluation
-from segarena.platform.cell_data import load_cell_data
+import segarena.platform.scoring.evaluation as evaluation
 from segarena.platform.plugin import Budget
-from segarena.platform.registry import discover
+from segarena.platform.plugins.registry import discover
+from segarena.platform.run.cell_data import load_cell_data
 
 OUT = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[2]

@@ -47,7 +47,7 @@ def ray_train_floor(storage: str, n: int = 4) -> list[float]:
     """Wall time of a TorchTrainer whose loop does nothing, one at a time: Ray's own floor per cell."""
     from ray import tune
 
-    from segarena.platform.ray_cluster import connect
+    from segarena.platform.run.cluster import connect
 
     handle = connect(None)  # the same private local Ray a suite run gets
     try:
@@ -63,10 +63,10 @@ def ray_train_floor(storage: str, n: int = 4) -> list[float]:
 def main(suite: str = "default", workdir: str | None = None) -> dict:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from segarena.platform.fingerprint import fingerprint
-    from segarena.platform.runner import run_suite
-    from segarena.platform.tracking import KIND_TRAIN, Tracker
-    from segarena.platform.workdir import WorkDir
+    from segarena.platform.run.driver import run_suite
+    from segarena.platform.run.fingerprint import fingerprint
+    from segarena.platform.store.tracking import KIND_TRAIN, Tracker
+    from segarena.platform.store.workdir import WorkDir
 
     with tempfile.TemporaryDirectory() as scratch:
         tmp = workdir or scratch

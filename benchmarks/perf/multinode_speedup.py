@@ -45,8 +45,8 @@ TORCH_LOOP = """
 import sys, tempfile, torch
 from pathlib import Path
 torch.set_num_threads(1)
-from segarena.platform.cell_data import load_cell_data
-from segarena.platform.registry import discover
+from segarena.platform.run.cell_data import load_cell_data
+from segarena.platform.plugins.registry import discover
 cells, steps = int(sys.argv[1]), int(sys.argv[2])
 reg = discover([])
 data = load_cell_data(reg, "synthetic", None, {"size": 64, "n_cases": 16}, Path(tempfile.mkdtemp()), 0)
@@ -168,8 +168,8 @@ class Sampler:
 
 def run_suite_on(n_nodes: int, epochs: int, steps: int, scratch: Path) -> dict[str, Any]:
     """``segarena run`` of the 4-cell suite on a fresh n-node cluster; wall time, cell span, CPU by role."""
-    from segarena.platform.tracking import KIND_TRAIN, Tracker
-    from segarena.platform.workdir import WorkDir
+    from segarena.platform.store.tracking import KIND_TRAIN, Tracker
+    from segarena.platform.store.workdir import WorkDir
 
     nodes = load_nodes()
     work = Path(tempfile.mkdtemp(prefix=f"mn{n_nodes}-", dir=scratch))

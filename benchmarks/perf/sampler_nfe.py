@@ -26,11 +26,11 @@ import torch
 
 from segarena.methods.medsegdiff import MedSegDiffMethod
 from segarena.methods.sdseg import SDSegMethod
-from segarena.platform.cell_data import CellData, load_cell_data
-from segarena.platform.dataset import default_cache_dir
-from segarena.platform.evaluation import predict_cases, score_cases
+from segarena.platform.paths import cache_root
 from segarena.platform.plugin import Budget, MethodPlugin
-from segarena.platform.registry import discover
+from segarena.platform.plugins.registry import discover
+from segarena.platform.run.cell_data import CellData, load_cell_data
+from segarena.platform.scoring.evaluation import predict_cases, score_cases
 
 RESULTS = Path(__file__).parent / "results"
 DATASET, PARAMS = "mni152-gm", {"size": 64}
@@ -202,7 +202,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0, load_before = time.perf_counter(), [round(x, 2) for x in os.getloadavg()]
     registry = discover(use_env=False)
-    data = load_cell_data(registry, DATASET, None, PARAMS, default_cache_dir(), seed=0)
+    data = load_cell_data(registry, DATASET, None, PARAMS, cache_root(), seed=0)
     methods = {name: run_method(name, data, args.train_steps, args.seeds, args.repeats) for name in args.methods}
     result = {
         "dataset": DATASET, "params": PARAMS, "seeds": args.seeds, "repeats": args.repeats,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from segarena.platform.server import ServerHandle, serve
+from segarena.platform.store.server import ServerHandle, serve
 
 
 def load_nodes():

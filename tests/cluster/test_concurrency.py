@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from segarena.platform.tracking import KIND_DRIVER, KIND_EVAL, KIND_TRAIN, Tracker
-from segarena.platform.workdir import WorkDir
+from segarena.platform.store.tracking import KIND_DRIVER, KIND_EVAL, KIND_TRAIN, Tracker
+from segarena.platform.store.workdir import WorkDir
 
 pytestmark = pytest.mark.cluster
 nodes = sys.modules["segarena_cluster_nodes"]  # tests/cluster/nodes.py, loaded by conftest.py's load_nodes()
@@ -97,9 +97,9 @@ def write_suite(folder: Path, name: str, seeds: list[int]) -> Path:
 
 def expected_cells(suite: Path) -> dict[str, list[str]]:
     """Training key → budget names of every cell of a suite, as the driver computes them."""
-    from segarena.platform.registry import discover
-    from segarena.platform.runner import prepare_cells
-    from segarena.platform.suite import load_suite
+    from segarena.platform.plugins.registry import discover
+    from segarena.platform.run.driver import prepare_cells
+    from segarena.platform.spec.suite import load_suite
 
     spec, path = load_suite(suite)
     with tempfile.TemporaryDirectory() as tmp:

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from segarena.platform.tracking import CRASHED_ERROR, KIND_TRAIN, Tracker
-from segarena.platform.workdir import WorkDir
+from segarena.platform.store.tracking import CRASHED_ERROR, KIND_TRAIN, Tracker
+from segarena.platform.store.workdir import WorkDir
 
 pytestmark = pytest.mark.cluster
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from segarena.platform.errors import SegarenaError
-from segarena.platform.ray_cluster import check_shared_storage, connect
+from segarena.platform.run.cluster import check_shared_storage, connect
 
 pytestmark = pytest.mark.cluster
 

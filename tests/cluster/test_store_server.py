@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from segarena.platform.errors import SegarenaError
-from segarena.platform.server import ServerHandle, free_port, serve, stop_postgres
+from segarena.platform.store.server import ServerHandle, free_port, serve, stop_postgres
 
 pytestmark = pytest.mark.cluster
 

@@ -32,8 +32,8 @@ def _train_workers(dashboard_url: str | None) -> dict[str, str]:
 
 def test_two_worker_cell_runs_across_both_nodes_and_ranks_from_the_server(joined, mlflow_server, tmp_path: Path
                                                                           ) -> None:
-    from segarena.platform.ray_cluster import connect
-    from segarena.platform.runner import run_suite
+    from segarena.platform.run.cluster import connect
+    from segarena.platform.run.driver import run_suite
 
     name = f"cluster-ddp-{os.getpid()}"
     suite = tmp_path / "suite.yaml"

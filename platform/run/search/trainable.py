@@ -1,0 +1,131 @@
+"""One search trial: train a cell's config on the train split inside the Tune trial's own process,
+report ``val/dice`` every epoch, and on the last epoch score the final weights on the validation
+split at every candidate budget (dice and latency) without retraining.
+
+The test split is never opened here: ``CellData.cases("test")`` is not called (a spy test checks
+what ``predict`` sees). Multi-worker trials are not supported yet (``check_search`` refuses them).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from segarena.platform.records import Budget, Job
+from segarena.platform.run.train_loop import (
+    ERROR_MARK,
+    CellError,
+    _augment,
+    _device,
+    _open,
+    guarded,
+    place,
+    train_epoch,
+)
+from segarena.platform.scoring.evaluation import quick_dice
+from segarena.platform.scoring.timing import time_method
+
+STATUS_KEY, FINAL_KEY, TRIAL_S_KEY, ERROR_KEY = "search/status", "search/final", "search/trial_s", "search/error"
+POINTS_KEY = "search/points"  # the final report's JSON list of {budget, name, dice, latency_ms, nfe} on validation
+OBJECTIVE = {"val/dice": "objective/dice", "latency_ms": "objective/latency_ms", "nfe": "objective/nfe"}
+
+
+def objective_values(point: dict[str, Any] | None) -> dict[str, float]:
+    """The objective keys of one scored point (NaN before the final epoch: Tune wants every key)."""
+    if point is None:
+        return dict.fromkeys(OBJECTIVE.values(), math.nan)
+    return {OBJECTIVE["val/dice"]: point["dice"], OBJECTIVE["latency_ms"]: point["latency_ms"],
+            OBJECTIVE["nfe"]: float(point["nfe"])}
+
+
+def best_point(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """The trial's headline point for the searcher: highest Dice, lower latency breaking ties."""
+    return max(points, key=lambda p: (p["dice"], -p["latency_ms"]))
+
+
+def score_budgets(method: Any, cases: list, budgets: list[Budget], task: Any, device: torch.device, seed: int,
+                  evaluation: dict[str, Any]) -> list[dict[str, Any]]:
+    """Validation Dice and batch-1 median latency of the same weights at each budget."""
+    images = torch.stack([c.image for c in cases[: max(1, evaluation.get("timing_repeats", 10))]]).to(device)
+    points = []
+    for b in budgets:
+        dice = quick_dice(method, cases, b, task, device, seed, evaluation["batch_size"])
+        timing = time_method(method, images, b, warmup=evaluation.get("timing_warmup", 2),
+                             repeats=evaluation.get("timing_repeats", 10), throughput_batch=1, seed=seed)
+        if not math.isfinite(dice):
+            raise CellError(f"{ERROR_MARK} validation Dice at {b.name} is {dice}")
+        points.append({"budget": b.as_dict(), "name": b.name, "dice": dice, "latency_ms": timing.latency_ms,
+                       "nfe": b.nfe})
+    return points
+
+
+def search_trial_loop(job: Job, config: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> None:
+    """Train ``job.cell`` with ``config`` over its hparams for ``job.cell.epochs`` epochs; ``job.budgets``
+    are the candidate budgets (the cheapest draws the per-epoch curve). Raises CellError on NaN."""
+    t0 = time.time()
+    cell = replace(job.cell, hparams={**job.cell.hparams, **config})
+    torch.set_num_threads(job.settings.threads)
+    device = _device(job.settings.device)
+    registry, data = _open(job)
+    torch.manual_seed(cell.seed)
+    method = registry.method(cell.method)(cell.hparams, data.task)
+    place(method, device, 1)
+    tensors, augment = data.train_tensors(), _augment(cell)
+    val_cases = data.cases("val")[: cell.evaluation["val_cases"]]
+    if not val_cases:
+        raise CellError(f"{ERROR_MARK} dataset {cell.dataset!r} has no validation cases to select on")
+    budgets = list(job.budgets)
+    cheapest = min(budgets, key=lambda b: b.nfe)
+    for epoch in range(cell.epochs):
+        t_epoch = time.time()
+        metrics: dict[str, Any] = {"epoch": epoch, **train_epoch(method, tensors, cell, epoch, 0, 1, device, augment)}
+        dice = quick_dice(method, val_cases, cheapest, data.task, device, cell.seed, cell.evaluation["batch_size"])
+        if not math.isfinite(dice):
+            raise CellError(f"{ERROR_MARK} {cell.method} produced val/dice={dice} at epoch {epoch}")
+        metrics["val/dice"] = dice
+        final = epoch == cell.epochs - 1
+        points = score_budgets(method, val_cases, budgets, data.task, device, cell.seed, cell.evaluation) \
+            if final else None
+        metrics |= objective_values(best_point(points) if points else None)
+        metrics |= {"epoch_s": time.time() - t_epoch, TRIAL_S_KEY: time.time() - t0, STATUS_KEY: "running",
+                    FINAL_KEY: int(final), POINTS_KEY: json.dumps(points or [])}  # Tune's loggers take no lists
+        if final:
+            metrics[STATUS_KEY] = "finished"
+        report(metrics)
+
+
+def failure_report(exc: BaseException, t0: float) -> dict[str, Any]:
+    """The one result a failed trial reports: NaN objectives, so the searcher records a failure."""
+    from segarena.platform.run.trainable import error_line
+
+    return {"val/dice": math.nan, **objective_values(None), STATUS_KEY: "failed", FINAL_KEY: 0,
+            ERROR_KEY: error_line(exc), TRIAL_S_KEY: time.time() - t0, POINTS_KEY: "[]"}
+
+
+def search_trainable(config: dict[str, Any], job: dict[str, Any]) -> None:
+    """Ray Tune function trainable (``tune.with_parameters(search_trainable, job=Job.to_wire())``):
+    ``config`` is the searcher's hparams. A plugin error or NaN ends the trial with a failure report."""
+    from ray import tune
+
+    t0 = time.time()
+
+    def report(metrics: dict[str, Any]) -> None:
+        try:
+            tune.report(metrics)
+        except Exception as exc:  # Tune's own (a stopping trial): never recorded as the plugin's failure
+            raise _TuneExit(str(exc)) from exc
+
+    try:
+        guarded(search_trial_loop, Job.from_wire(job), dict(config), report)
+    except CellError as exc:
+        tune.report(failure_report(exc, t0))
+
+
+class _TuneExit(BaseException):
+    """Raised through ``guarded`` (which wraps only ``Exception``) when Tune's report itself fails."""
