@@ -14,13 +14,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 
+from segarena.platform.store.schema import EvaluationRun, ParamName, TrainingRun
+
 if TYPE_CHECKING:
     from segarena.dashboards.prediction_grid import PredictionGrid
 
 CURVE_COLUMNS = ["dataset", "method", "variant", "seed", "train_run", "key", "step", "value", "headline"]
-HEADLINE_TAG = "segarena.headline_loss"  # the plugin's headline loss key, when the harness tags it
+HPARAMS = f"{ParamName.HPARAMS}."  # the training run's params of its hparams (flattened)
 CELL_COLUMNS = ["dataset", "method", "variant", "profile", "seed", "train_run", "hparams"]
-PARENT_TAG = "segarena.parent"
 
 
 def _empty(cols: list[str]) -> pd.DataFrame:
@@ -55,10 +56,10 @@ def _seed_rows(result: Any) -> pd.DataFrame:
 
 
 def training_runs(tracker: Any, seeds: pd.DataFrame) -> pd.DataFrame:
-    """The training run of each seed row (the eval run's ``segarena.parent`` tag), with its cell keys."""
+    """The training run of each seed row (the eval run's parent tag), with its cell keys."""
     rows = []
     for r in seeds.drop_duplicates("run_id").itertuples(index=False):
-        parent = tracker.client.get_run(r.run_id).data.tags.get(PARENT_TAG)
+        parent = EvaluationRun.from_mlflow(tracker.client.get_run(r.run_id)).parent
         if parent:
             rows.append({"dataset": r.dataset, "method": r.method, "variant": r.variant, "profile": r.profile,
                          "seed": str(r.seed), "train_run": parent})
@@ -70,9 +71,9 @@ def load_curves_and_cells(tracker: Any, seeds: pd.DataFrame) -> tuple[pd.DataFra
     curves, cells = [], []
     for cell in training_runs(tracker, seeds).itertuples(index=False):
         run = tracker.client.get_run(cell.train_run)
-        hp = {k.removeprefix("hparams."): v for k, v in sorted(run.data.params.items()) if k.startswith("hparams.")}
+        hp = {k.removeprefix(HPARAMS): v for k, v in sorted(run.data.params.items()) if k.startswith(HPARAMS)}
         cells.append({**cell._asdict(), "hparams": ", ".join(f"{k}={v}" for k, v in hp.items())})
-        headline = run.data.tags.get(HEADLINE_TAG, "")
+        headline = TrainingRun.from_mlflow(run).headline_loss  # the plugin's headline loss key, when tagged
         for key in sorted(k for k in run.data.metrics if k.startswith(("train/", "val/"))):
             for m in tracker.client.get_metric_history(cell.train_run, key):
                 curves.append({**{c: getattr(cell, c) for c in CURVE_COLUMNS[:5]}, "key": key, "step": int(m.step),

@@ -16,6 +16,7 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from segarena.platform.board.statistics import DatasetStats
+from segarena.platform.scoring.catalog import METRICS
 
 PALETTE = qualitative.D3 + qualitative.Set2
 LAYOUT = {"template": "plotly_white", "margin": {"l": 60, "r": 20, "t": 48, "b": 50}, "font": {"size": 12},
@@ -142,7 +143,8 @@ def per_case(ds: DatasetStats, metric: str, unit: str, colors: dict[str, str], s
                              marker={"size": 4, "color": colors[series[i]], "opacity": 0.75},
                              line={"color": colors[series[i]]}, text=[t(c) for c in values.index],
                              hovertemplate="%{text}: %{y:.3f}<extra>" + t(label) + "</extra>", showlegend=False))
-    title = f"Per-case {metric.upper() if metric != 'dice' else 'Dice'}" + (f" ({t(unit)})" if unit else "")
+    label = METRICS[metric].label if metric in METRICS else metric.upper()
+    title = f"Per-case {label}" + (f" ({t(unit)})" if unit else "")
     return _layout(fig, title + " per row, seed-averaged", yaxis={"title": metric}, xaxis={"tickangle": -30})
 
 

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -118,12 +119,85 @@ def _positions(values: Sequence[object], cats: list[str]) -> np.ndarray:
     return np.asarray(vals, float)
 
 
+_DASHES = {"dash": "--", "dot": ":", "dashdot": "-."}
+
+
+def _scatter(ax: Any, tr: Any, cats: list[str], prev: np.ndarray | None) -> np.ndarray:
+    """A plotly scatter (lines, markers, text, error bars, a band to the previous trace); returns its y."""
+    x, y = _positions(tr.x, cats), np.asarray(tr.y, float)
+    mode = tr.mode or "lines+markers"
+    mc = tr.marker.color if isinstance(tr.marker.color, str) else None
+    color = _color(tr.line.color or mc)
+    name = _text(tr.name)
+    label = name if tr.showlegend is not False and name else None
+    if tr.fill == "tonexty" and prev is not None and len(prev) == len(y):
+        ax.fill_between(x, prev, y, color=_color(tr.fillcolor), linewidth=0)
+    if "lines" in mode and (tr.line.width is None or tr.line.width > 0):
+        ax.plot(x, y, _DASHES.get(tr.line.dash, "-"), color=color, lw=1.4, label=label,
+                drawstyle="steps-post" if tr.line.shape == "hv" else "default")
+        label = None
+    if "markers" in mode:
+        size = np.asarray(tr.marker.size if tr.marker.size is not None else 8, float)
+        ax.scatter(x, y, s=size ** 2 * 0.6, color=color, alpha=tr.marker.opacity or 1.0, label=label, zorder=3)
+    err = tr.error_y
+    if err and err.visible is not False and err.array is not None:
+        lo = np.asarray(err.arrayminus if err.arrayminus is not None else err.array, float)
+        ax.errorbar(x, y, yerr=[lo, np.asarray(err.array, float)], fmt="none", ecolor=color, lw=1, zorder=2)
+    if "text" in mode and tr.text is not None:
+        for xi, yi, s in zip(x, y, tr.text, strict=False):
+            ax.annotate(_text(s), (xi, yi), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+    return y
+
+
+def _box(ax: Any, tr: Any, cats: list[str]) -> None:
+    """A plotly box with all points: a box plot and the points jittered over it."""
+    pos = _positions([_text(tr.name)], cats)[0]
+    y = np.asarray(tr.y, float)
+    y = y[np.isfinite(y)]
+    color = _color(tr.marker.color)
+    if y.size:
+        ax.boxplot(y, positions=[pos], widths=0.5, showfliers=False, medianprops={"color": color}, manage_ticks=False)
+        jitter = np.random.default_rng(int(pos)).uniform(-0.18, 0.18, y.size)
+        ax.scatter(pos + jitter, y, s=6, color=color, alpha=0.7, zorder=3)
+
+
+def _heatmap(ax: Any, tr: Any) -> None:
+    """The significance map: worse / n.s. / better colours with the p-values written in."""
+    from matplotlib.colors import ListedColormap
+
+    z = np.asarray(tr.z, float)
+    ax.imshow(np.ma.masked_invalid(z), cmap=ListedColormap(["#d6604d", "#e7e9ee", "#4dac26"]), vmin=-1.5, vmax=1.5)
+    labels = [_text(v) for v in tr.x]
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
+    ax.set_yticks(range(len(tr.y)), [_text(v) for v in tr.y], fontsize=7)
+    for i, row in enumerate(tr.text or []):
+        for j, s in enumerate(row):
+            if s:
+                ax.text(j, i, s, ha="center", va="center", fontsize=6)
+
+
+def _style(ax: Any, xa: Any, ya: Any, cats: list[str], reversed_ok: bool) -> None:
+    """Scale, categories, range, titles, grid and legend of one subplot from its plotly axes."""
+    if xa.type == "log":
+        ax.set_xscale("log")
+    if cats:
+        ax.set_xticks(range(len(cats)), [_text(c) for c in cats], rotation=30, ha="right", fontsize=7)
+    if ya.range is not None:
+        ax.set_ylim(ya.range[0], ya.range[1])  # a descending range is plotly's way to reverse
+    elif ya.autorange == "reversed" and reversed_ok:
+        ax.invert_yaxis()
+    ax.set_xlabel(_text(xa.title.text))
+    ax.set_ylabel(_text(ya.title.text))
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+
+
 def render_matplotlib(fig: go.Figure, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
 
     lay = fig.layout
     ids = sorted({getattr(tr, "xaxis", None) or "x" for tr in fig.data}) or ["x"]
@@ -131,73 +205,18 @@ def render_matplotlib(fig: go.Figure, path: Path) -> None:
     axes = {a: axs[0][i] for i, a in enumerate(ids)}
     cats: dict[str, list[str]] = {a: [] for a in ids}
     prev: dict[str, np.ndarray] = {}
-    dashes = {"dash": "--", "dot": ":", "dashdot": "-."}
     for tr in fig.data:
         a = getattr(tr, "xaxis", None) or "x"
-        ax, name = axes[a], _text(tr.name)
         if tr.type == "scatter":
-            x, y = _positions(tr.x, cats[a]), np.asarray(tr.y, float)
-            mode = tr.mode or "lines+markers"
-            mc = tr.marker.color if isinstance(tr.marker.color, str) else None
-            color = _color(tr.line.color or mc)
-            label = name if tr.showlegend is not False and name else None
-            if tr.fill == "tonexty" and a in prev and len(prev[a]) == len(y):
-                ax.fill_between(x, prev[a], y, color=_color(tr.fillcolor), linewidth=0)
-            if "lines" in mode and (tr.line.width is None or tr.line.width > 0):
-                ax.plot(x, y, dashes.get(tr.line.dash, "-"), color=color, lw=1.4, label=label,
-                        drawstyle="steps-post" if tr.line.shape == "hv" else "default")
-                label = None
-            if "markers" in mode:
-                size = np.asarray(tr.marker.size if tr.marker.size is not None else 8, float)
-                ax.scatter(x, y, s=size ** 2 * 0.6, color=color, alpha=tr.marker.opacity or 1.0, label=label,
-                           zorder=3)
-            err = tr.error_y
-            if err and err.visible is not False and err.array is not None:
-                lo = np.asarray(err.arrayminus if err.arrayminus is not None else err.array, float)
-                ax.errorbar(x, y, yerr=[lo, np.asarray(err.array, float)], fmt="none", ecolor=color, lw=1, zorder=2)
-            if "text" in mode and tr.text is not None:
-                for xi, yi, s in zip(x, y, tr.text, strict=False):
-                    ax.annotate(_text(s), (xi, yi), textcoords="offset points", xytext=(0, 6), ha="center",
-                                fontsize=7)
-            prev[a] = y
+            prev[a] = _scatter(axes[a], tr, cats[a], prev.get(a))
         elif tr.type == "box":
-            pos = _positions([name], cats[a])[0]
-            y = np.asarray(tr.y, float)
-            y = y[np.isfinite(y)]
-            color = _color(tr.marker.color)
-            if y.size:
-                ax.boxplot(y, positions=[pos], widths=0.5, showfliers=False, medianprops={"color": color},
-                           manage_ticks=False)
-                jitter = np.random.default_rng(int(pos)).uniform(-0.18, 0.18, y.size)
-                ax.scatter(pos + jitter, y, s=6, color=color, alpha=0.7, zorder=3)
+            _box(axes[a], tr, cats[a])
         elif tr.type == "heatmap":
-            z = np.asarray(tr.z, float)
-            ax.imshow(np.ma.masked_invalid(z), cmap=ListedColormap(["#d6604d", "#e7e9ee", "#4dac26"]), vmin=-1.5,
-                      vmax=1.5)
-            labels = [_text(v) for v in tr.x]
-            ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
-            ax.set_yticks(range(len(tr.y)), [_text(v) for v in tr.y], fontsize=7)
-            for i, row in enumerate(tr.text or []):
-                for j, s in enumerate(row):
-                    if s:
-                        ax.text(j, i, s, ha="center", va="center", fontsize=6)
+            _heatmap(axes[a], tr)
+    no_heatmap = not any(tr.type == "heatmap" for tr in fig.data)
     for i, a in enumerate(ids):
-        ax = axes[a]
-        key = "xaxis" if i == 0 else f"xaxis{i + 1}"
-        xa, ya = lay[key], lay["yaxis" if i == 0 else f"yaxis{i + 1}"]
-        if xa.type == "log":
-            ax.set_xscale("log")
-        if cats[a]:
-            ax.set_xticks(range(len(cats[a])), [_text(c) for c in cats[a]], rotation=30, ha="right", fontsize=7)
-        if ya.range is not None:
-            ax.set_ylim(ya.range[0], ya.range[1])  # a descending range is plotly's way to reverse
-        elif ya.autorange == "reversed" and not any(tr.type == "heatmap" for tr in fig.data):
-            ax.invert_yaxis()
-        ax.set_xlabel(_text(xa.title.text))
-        ax.set_ylabel(_text(ya.title.text))
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+        suffix = "" if i == 0 else str(i + 1)
+        _style(axes[a], lay[f"xaxis{suffix}"], lay[f"yaxis{suffix}"], cats[a], no_heatmap)
     f.suptitle(_text(lay.title.text), fontsize=10)
     f.tight_layout()
     f.savefig(path)

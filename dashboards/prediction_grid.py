@@ -27,7 +27,6 @@ MAX_ROWS = 12           # rows per dataset; a larger board shows each method's b
 MAX_WIDTH = 720         # px: wider overlays are downscaled
 PALETTE_COLORS = 64     # overlays are flat colours + grey: 64 keep them sharp at a third of the bytes
 OVERLAY_FOLDER = "predictions/overlays"
-NPZ_ARTIFACT = "predictions/predictions.npz"
 SAVE_PARAM = "evaluation.save_predictions"
 _FILE = re.compile(r"^(best|median|worst)(\d+)_(.*)\.png$")
 KEYS = ["suite", "dataset", "method", "variant", "profile", "budget"]

@@ -22,9 +22,12 @@ from segarena.dashboards.data import ReportData, load_report_data
 from segarena.dashboards.html import FigureSlots, esc, page, table
 from segarena.dashboards.prediction_grid import grid_html
 from segarena.platform.board.statistics import DEFAULT_STATS, DatasetStats, StatsConfig, board_statistics, mean_ranks
+from segarena.platform.scoring.catalog import METRICS, Metric
 
-FIGURES_PER_DATASET = ("pareto", "dice_vs_nfe", "per_case_dice", "per_case_hd95", "rank_blob", "significance",
-                       "training_curves")
+PER_CASE = [m for m in METRICS.values() if m.figure]  # a per-case distribution figure each
+HEADLINE = [m for m in METRICS.values() if m.headline]  # the board table's metric columns
+FIGURES_PER_DATASET = ("pareto", "dice_vs_nfe", *(f"per_case_{m.name}" for m in PER_CASE), "rank_blob",
+                       "significance", "training_curves")
 
 HOW_TO_READ = (
     "<p><b>How to read this report.</b> Each row is one method variant at one inference budget. "
@@ -90,11 +93,10 @@ def _views(data: ReportData, config: StatsConfig) -> tuple[pd.DataFrame, list[Da
                                  cells))
     colors = F.colors_for([s for v in views for s in v.series])
     for v in views:
-        unit = str(v.part["hd95_unit"].iloc[0]) if "hd95_unit" in v.part else ""
         figs = [("pareto", "Dice vs latency", F.pareto(v.part, colors)),
                 ("dice_vs_nfe", "Dice vs nfe", F.dice_vs_nfe(v.part, colors)),
-                ("per_case_dice", "Per-case Dice", F.per_case(v.stats, "dice", "", colors, v.series)),
-                ("per_case_hd95", "Per-case HD95", F.per_case(v.stats, "hd95", unit, colors, v.series)),
+                *((f"per_case_{m.name}", f"Per-case {m.label}",
+                   F.per_case(v.stats, m.name, _unit(v.part, m), colors, v.series)) for m in PER_CASE),
                 ("rank_blob", "Rank stability", F.rank_blob(v.stats, colors, v.series)),
                 ("significance", "Pairwise significance", F.significance(v.stats))]
         curves_fig = F.training_curves(v.curves, colors) if len(v.curves) else None
@@ -104,10 +106,26 @@ def _views(data: ReportData, config: StatsConfig) -> tuple[pd.DataFrame, list[Da
     return board, views
 
 
+def _unit(part: pd.DataFrame, m: Metric) -> str:
+    """The unit of a metric on one dataset (HD95: mm or px), "" when it has none."""
+    return str(part[m.unit_column].iloc[0]) if m.unit_column and m.unit_column in part else ""
+
+
+def _header(part: pd.DataFrame, m: Metric) -> str:
+    head = f"{m.label} [95% CI]" if m.has_ci else m.label.lower()
+    return f"{head} ({_unit(part, m)})" if m.unit_column else head
+
+
+def _cell(r: pd.Series, m: Metric) -> str:
+    if m.has_ci:
+        return _ci(r, m.name, m.digits)
+    v = r.get(f"{m.name}_mean")
+    return ("–" if pd.isna(v) else f"{v:g}") if m.digits == 0 else _f(v, m.digits)
+
+
 def leaderboard_table(v: DatasetView) -> str:
-    headers = ["rank", "group", "method", "budget", "Dice [95% CI]", "IoU [95% CI]",
-               f"HD95 [95% CI] ({v.part['hd95_unit'].iloc[0] if 'hd95_unit' in v.part else ''})", "latency ms",
-               "nfe", "P(rank 1)", "rank [95%]", "p vs 1st", "seeds", "cases", "failed"]
+    headers = ["rank", "group", "method", "budget", *(_header(v.part, m) for m in HEADLINE),
+               "P(rank 1)", "rank [95%]", "p vs 1st", "seeds", "cases", "failed"]
     rows, classes = [], []
     for i, r in v.part.iterrows():
         g = r.get("rank_group")
@@ -115,8 +133,7 @@ def leaderboard_table(v: DatasetView) -> str:
         rank_ci = ("–" if pd.isna(r.get("rank_median")) else
                    f"{r['rank_median']:g} [{r['rank_ci_low']:g}, {r['rank_ci_high']:g}]")
         rows.append([int(r["rank"]), f'<span class="grp">{esc(grp)}</span>', v.series[i], r["budget"],
-                     _ci(r, "dice", 3), _ci(r, "iou", 3), _ci(r, "hd95", 2), _f(r.get("latency_ms_mean"), 1),
-                     "–" if pd.isna(r.get("nfe_mean")) else f"{r['nfe_mean']:g}",
+                     *(_cell(r, m) for m in HEADLINE),
                      "–" if pd.isna(r.get("rank_first_pct")) else f"{r['rank_first_pct']:.1f}%", rank_ci,
                      "leader" if int(r["rank"]) == 1 else ("–" if pd.isna(r.get("p_vs_leader"))
                                                           else f"{r['p_vs_leader']:.3g}"),

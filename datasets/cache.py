@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import torch
 
 from segarena.platform.dataset import Case
-from segarena.platform.store.workdir import WorkDir
+from segarena.platform.paths import inside
 
 SHARD_CASES = 256
 SCHEMA = pa.schema([
@@ -38,7 +38,7 @@ class CaseStore:
         self.root = Path(cache_dir) / "cases"
 
     def path(self, name: str, key: str) -> Path:
-        return WorkDir.inside(self.root, f"{name}-{key[:16]}")  # a plugin's name never climbs out of the cache
+        return inside(self.root, f"{name}-{key[:16]}")  # a plugin's name never climbs out of the cache
 
     def has(self, name: str, key: str) -> bool:
         return (self.path(name, key) / "manifest.json").is_file()

@@ -15,10 +15,9 @@ from typing import Any, ClassVar
 import torch
 
 from segarena.platform.errors import DataError
-from segarena.platform.paths import cache_root
+from segarena.platform.paths import cache_root, inside
 from segarena.platform.plugin import API_VERSION, Task
 from segarena.platform.records import stable_hash
-from segarena.platform.store.workdir import WorkDir
 
 
 @dataclass(frozen=True)
@@ -144,7 +143,7 @@ class DatasetPlugin(ABC):
 
     def split(self, seed: int) -> Split:
         # checked like every path built from a name: it stays inside the cache, whatever the plugin calls itself
-        path = WorkDir.inside(self.cache_dir / "splits", f"{self.name}-{self.content_hash()[:12]}-seed{seed}.json")
+        path = inside(self.cache_dir / "splits", f"{self.name}-{self.content_hash()[:12]}-seed{seed}.json")
         if path.exists():
             return Split.from_dict(json.loads(path.read_text()))
         split = self.make_split(self.cases(), seed)

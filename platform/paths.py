@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from segarena.platform.errors import SegarenaError
+
 DEFAULT_WORKDIR = "segarena-runs"
 """Runs folder of every command when ``--workdir`` is not given (relative to the current directory)."""
 
@@ -20,6 +22,15 @@ def shipped_suites() -> dict[str, Path]:
 
 
 def cache_root() -> Path:
-    """Where datasets cache decoded arrays and splits when no work dir says otherwise: ``$SEGARENA_CACHE``,
-    else ``~/.cache/segarena``. Runs of a suite use their work dir's ``cache/`` instead."""
-    return Path(os.environ.get("SEGARENA_CACHE", Path.home() / ".cache" / "segarena"))
+    """Where a dataset built without a ``cache_dir`` caches decoded arrays and splits: ``$SEGARENA_CACHE``,
+    else the default work dir's ``cache/``, the folder ``segarena run`` and ``segarena datasets show`` use
+    without ``--workdir`` (one cache root: everything segarena writes stays under one work dir)."""
+    return Path(os.environ.get("SEGARENA_CACHE") or Path(DEFAULT_WORKDIR) / "cache")
+
+
+def inside(base: Path, *parts: str) -> Path:
+    """``base/parts`` after checking it stays inside ``base`` (names come from plugins and suites)."""
+    path = Path(base).joinpath(*parts).resolve()
+    if path != Path(base).resolve() and Path(base).resolve() not in path.parents:
+        raise SegarenaError(f"path {'/'.join(parts)!r} would leave {base}")
+    return path

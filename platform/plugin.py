@@ -54,6 +54,9 @@ class MethodPlugin(ABC):
     paper: ClassVar[str] = ""
     api_version: ClassVar[int] = API_VERSION
     stochastic: ClassVar[bool] = False
+    # The attribute name of the network whose forward passes count as nfe (e.g. ``"net"``): the harness
+    # hooks that module to count denoiser passes per image (``scoring/checks.py``); required, "" = unset.
+    denoiser: ClassVar[str] = ""
     # profile keys read only when another key turns them on (the conformance read check runs `tiny`)
     conditional_keys: ClassVar[frozenset[str]] = frozenset()
     # The training_step key the progress line shows (e.g. a GAN's generator loss, not a

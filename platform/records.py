@@ -7,7 +7,9 @@ evaluation setting therefore re-evaluates stored weights and trains nothing.
 
 A ``Job`` is what the driver hands a trial: train a cell (then evaluate its budgets), or evaluate
 budgets of an already finished training from its stored weights. A ``CellResult`` is what comes
-back. Records are plain dataclasses; they become dicts only where Ray needs them (``to_wire``).
+back. Records are typed (dataclasses, and the pydantic ``Evaluation`` block) all the way through
+Ray: they pickle, so a trial receives the very objects the driver planned (``to_wire`` only adds the
+flat fields the progress display reads). They become dicts only where they are written to JSON.
 Nothing here imports torch, so the store can be read without it.
 """
 
@@ -15,8 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from segarena.platform.api import API_VERSION
 
@@ -79,6 +83,28 @@ class Budget:
     def as_dict(self) -> dict[str, Any]:
         return {"sampler": self.sampler, "steps": self.steps, "ensemble": self.ensemble}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Budget:
+        """The inverse of ``as_dict`` (a budget read back from JSON: results files, search points)."""
+        return cls(steps=int(d["steps"]), ensemble=int(d["ensemble"]), sampler=str(d["sampler"]))
+
+
+class Evaluation(BaseModel):
+    """The suite's ``evaluation:`` block, validated by the suite spec and carried by every cell: the one
+    home of its defaults (it lives here, not in spec/, because it crosses the Ray boundary in ``Cell``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    batch_size: int = Field(8, ge=1)
+    timing_warmup: int = Field(2, ge=0)
+    timing_repeats: int = Field(10, ge=1)
+    throughput_batch: int = Field(8, ge=1)
+    val_every: int = Field(1, ge=0)  # epochs between val/dice evaluations (0 = never)
+    val_cases: int = Field(8, ge=1)
+    nsd_tolerance_mm: float | None = Field(None, gt=0)  # None: 1 mm when spacing is known, else 1 px
+    repeats: int = Field(1, ge=1)  # predictions with this many sampling seeds → per-case std of Dice
+    save_predictions: Literal["all", "overlays", "none"] = "overlays"  # overlays: + npz under 500 test cases
+
 
 # Evaluation settings that shape the *training* record (the per-epoch validation curve), so they
 # belong to the training key; every other evaluation setting belongs to the evaluation key.
@@ -98,10 +124,10 @@ class Cell:
     dataset_path: str | None
     dataset_params: dict[str, Any]
     seed: int
-    budgets: tuple[dict[str, Any], ...]
+    budgets: tuple[Budget, ...]
     epochs: int
     steps_per_epoch: int | None
-    evaluation: dict[str, Any]
+    evaluation: Evaluation = field(default_factory=Evaluation)
     augment: str = "none"
     dataset_hash: str = ""  # content hash of the data served (filled in on the driver)
     dataset_label: str = ""  # the leaderboard section when one dataset plugin appears with other params
@@ -113,7 +139,7 @@ class Cell:
                 "dataset": self.dataset, "dataset_path": self.dataset_path,
                 "dataset_params": self.dataset_params, "dataset_hash": self.dataset_hash, "seed": self.seed,
                 "epochs": self.epochs, "steps_per_epoch": self.steps_per_epoch, "augment": self.augment,
-                "validation": {k: self.evaluation.get(k) for k in TRAINING_EVAL_FIELDS}}
+                "validation": {k: getattr(self.evaluation, k) for k in TRAINING_EVAL_FIELDS}}
 
     @property
     def key(self) -> str:
@@ -132,7 +158,8 @@ class Cell:
         return stable_hash(d)[:12]
 
     def evaluation_settings(self) -> dict[str, Any]:
-        return {k: v for k, v in sorted(self.evaluation.items()) if k not in TRAINING_EVAL_FIELDS}
+        """The evaluation block's fields that define an evaluation (the evaluation key), as plain data."""
+        return dict(sorted(self.evaluation.model_dump(exclude=set(TRAINING_EVAL_FIELDS)).items()))
 
     def eval_key(self, budget: Budget) -> str:
         """The evaluation key of one budget on this training: budget + evaluation settings."""
@@ -143,18 +170,12 @@ class Cell:
     def label(self) -> str:
         return f"{self.method} × {self.dataset_label or self.dataset} · seed {self.seed}"
 
-    def budget_objects(self) -> list[Budget]:
-        return [Budget(**b) for b in self.budgets]
-
     def as_dict(self) -> dict[str, Any]:
+        """Plain data for JSON (the training run's ``config.json``)."""
         d = asdict(self)
-        d["budgets"] = list(self.budgets)
+        d["budgets"] = [b.as_dict() for b in self.budgets]
+        d["evaluation"] = self.evaluation.model_dump()
         return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Cell:
-        known = {f.name for f in fields(cls)}
-        return cls(**{**{k: v for k, v in d.items() if k in known}, "budgets": tuple(d["budgets"])})
 
 
 @dataclass(frozen=True)
@@ -209,18 +230,15 @@ class Job:
         return {"cpu": 0, "memory": 64 * 2**20}
 
     def to_wire(self) -> dict[str, Any]:
-        return {"kind": self.kind, "cell": self.cell.as_dict(), "budgets": [b.as_dict() for b in self.budgets],
-                "settings": asdict(self.settings), "train_run_id": self.train_run_id,
-                # flat fields for progress display
-                "method": self.cell.method, "dataset": self.cell.dataset_label or self.cell.dataset,
-                "seed": self.cell.seed, "epochs": self.cell.epochs, "steps_per_epoch": self.cell.steps_per_epoch}
+        """A trial's config entry: the job itself (it pickles) beside the flat fields the progress
+        display and Tune's own trial records read."""
+        return {"record": self, "kind": self.kind, "method": self.cell.method,
+                "dataset": self.cell.dataset_label or self.cell.dataset, "seed": self.cell.seed,
+                "epochs": self.cell.epochs, "steps_per_epoch": self.cell.steps_per_epoch}
 
     @classmethod
     def from_wire(cls, d: dict[str, Any]) -> Job:
-        s = dict(d["settings"])
-        s["plugin_dirs"] = tuple(s["plugin_dirs"])
-        return cls(kind=d["kind"], cell=Cell.from_dict(d["cell"]), budgets=tuple(Budget(**b) for b in d["budgets"]),
-                   settings=Settings(**s), train_run_id=d.get("train_run_id"))
+        return d["record"]
 
 
 @dataclass
@@ -289,7 +307,8 @@ class CellResult:
         d = Path(directory)
         predictions = d / "predictions"
         meta = json.loads((d / cls.RESULTS_FILE).read_text())
-        return cls(budgets=[BudgetResult(Budget(**b["budget"]), b["metrics"], b["tags"]) for b in meta["budgets"]],
+        return cls(budgets=[BudgetResult(Budget.from_dict(b["budget"]), b["metrics"], b["tags"])
+                            for b in meta["budgets"]],
                    per_case=pd.read_parquet(d / cls.PER_CASE_FILE), history=meta["history"],
                    timings=Timings(**meta["timings"]), fingerprint=meta["fingerprint"], split=meta["split"],
                    task=Task.from_dict(meta["task"]), parameters=int(meta["parameters"]),

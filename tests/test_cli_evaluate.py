@@ -71,7 +71,7 @@ def test_evaluate_reproduces_the_per_case_table_of_saved_masks(tmp_path: Path, c
                              "--spacing", "0.5", "2.0", "--output", str(out_file),
                              *(["--class-name", "k0"] if classes == 1 else []))
     assert code == 0, err
-    assert "6 cases" in out and f"dice {results['direct-e1']['metrics']['dice']:.4f}" in out
+    assert "6 cases" in out and f"dice {results['direct-e1'].metrics['dice']:.4f}" in out
     got = pd.read_csv(out_file, dtype={"class": str}) if suffix == ".csv" else pd.read_parquet(out_file)
     want = table[MASK_COLUMNS].sort_values(["case_id", "class"]).reset_index(drop=True)
     pd.testing.assert_frame_equal(got[MASK_COLUMNS].sort_values(["case_id", "class"]).reset_index(drop=True), want,

@@ -6,6 +6,7 @@ import pytest
 
 from segarena.platform.board.leaderboard import leaderboard
 from segarena.platform.run.driver import run_suite
+from segarena.platform.store.schema import Tag
 from segarena.platform.store.tracking import KIND_EVAL, KIND_TRAIN, Tracker, cell_tags
 from segarena.platform.store.workdir import WorkDir
 
@@ -68,14 +69,14 @@ def test_suite_runs_reruns_without_duplicates_and_ranks(ray_session, tmp_path, m
 
     train = tracker.runs([exp], KIND_TRAIN)
     finished = [r for r in train if r.info.status == "FINISHED"]
-    assert [r.data.tags["segarena.method"] for r in finished] == ["unet"]
+    assert [r.data.tags[Tag.METHOD] for r in finished] == ["unet"]
     evals = tracker.runs([exp], KIND_EVAL)
     assert len(evals) == 1 and evals[0].data.tags["mlflow.parentRunId"] == finished[0].info.run_id
     run = finished[0]
     assert {"best/dice", "best/iou", "best/hd95", "best/latency_ms", "best/nfe", "train/loss",
             "val/dice"} <= set(run.data.metrics)
     assert {"dice", "iou", "hd95", "latency_ms", "throughput_ips", "nfe", "peak_mem_mb"} <= set(evals[0].data.metrics)
-    assert run.data.tags["segarena.dataset_hash"] and run.data.tags["segarena.best_budget"] == "direct-e1"
+    assert run.data.tags[Tag.DATASET_HASH] and run.data.tags[Tag.BEST_BUDGET] == "direct-e1"
     assert 0.0 <= evals[0].data.metrics["dice"] <= 1.0
 
     board, failed = leaderboard(tracker, "e2e")

@@ -46,8 +46,8 @@ def test_per_case_rows_for_every_budget():
     table, results = evaluate(Thresholder(), cases, budgets, TASK, torch.device("cpu"), 0, CFG)
     assert sorted(table["budget"].unique()) == sorted(b.name for b in budgets)
     assert len(table) == 6 and (table["dice"] == 1.0).all()  # empty-vs-empty scores 1
-    assert results["x2-e1"]["metrics"]["nfe"] == 2
-    assert {"latency_ms", "throughput_ips", "peak_mem_mb", "dice", "hd95"} <= set(results["direct-e1"]["metrics"])
+    assert results["x2-e1"].metrics["nfe"] == 2
+    assert {"latency_ms", "throughput_ips", "peak_mem_mb", "dice", "hd95"} <= set(results["direct-e1"].metrics)
 
 
 def test_slices_of_a_volume_are_scored_as_one_case():

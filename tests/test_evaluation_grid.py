@@ -15,15 +15,10 @@ from segarena_test_fakes import UntrainedMethod
 from segarena.platform.dataset import Case
 from segarena.platform.errors import SpecError
 from segarena.platform.plugin import Budget, Prediction, Task
-from segarena.platform.scoring.evaluation import (
-    batch_seed,
-    evaluate,
-    predict_as_evaluated,
-    prefix_prediction,
-    repeat_seed,
-)
+from segarena.platform.scoring.evaluation import evaluate
 from segarena.platform.scoring.metrics import SUMMARY_METRICS
 from segarena.platform.scoring.predictions import load_npz
+from segarena.platform.scoring.sampling import batch_seed, predict_as_evaluated, prefix_prediction, repeat_seed
 
 TASK = Task(in_channels=1, num_classes=1, image_size=(8, 8))
 CFG = {"batch_size": 2, "timing_repeats": 1, "timing_warmup": 0, "throughput_batch": 1}
@@ -124,16 +119,16 @@ def test_evaluate_scores_smaller_ensembles_on_prefixes_identical_to_direct():
     for b in budgets:
         alone, res = evaluate(NoisyMembers(), CASES, [b], TASK, CPU, 7, CFG)
         pd.testing.assert_frame_equal(scores(table[table["budget"] == b.name]), scores(alone))
-        assert results[b.name]["tags"]["members_from"] == "x2-e5" and res[b.name]["tags"]["members_from"] == b.name
-        assert results[b.name]["metrics"]["nfe"] == b.nfe  # reported nfe stays steps × size
-    assert results["x2-e5"]["metrics"]["diversity"] > 0 and results["x2-e1"]["metrics"]["diversity"] == 0
+        assert results[b.name].members_from == "x2-e5" and res[b.name].members_from == b.name
+        assert results[b.name].metrics["nfe"] == b.nfe  # reported nfe stays steps × size
+    assert results["x2-e5"].metrics["diversity"] > 0 and results["x2-e1"].metrics["diversity"] == 0
 
 
 def test_prefix_scoring_falls_back_to_sampling_when_fuse_cannot_reproduce_predict():
     budgets = [Budget(ensemble=2), Budget(ensemble=4)]
     for method in (NoFuse(), NoisyMembers(fusion="majority")):  # fuse raises / fuse ≠ predict's majority vote
         _, results = evaluate(method, CASES, budgets, TASK, CPU, 1, CFG)
-        assert results["direct-e2"]["tags"]["members_from"] == "direct-e2"
+        assert results["direct-e2"].members_from == "direct-e2"
     table, _ = evaluate(NoisyMembers(fusion="majority"), CASES, budgets, TASK, CPU, 1, CFG)
     alone, _ = evaluate(NoisyMembers(fusion="majority"), CASES, budgets[:1], TASK, CPU, 1, CFG)
     pd.testing.assert_frame_equal(scores(table[table["budget"] == "direct-e2"]), scores(alone))
@@ -148,7 +143,7 @@ def test_every_summary_metric_is_reported_and_nothing_is_nan():
         assert not table.isna().any().any()
         assert sorted(table["case_id"].unique()) == sorted([f"c{i}" for i in range(6)] + ["vol", "one-slice"])
         for b in budgets:
-            m = results[b.name]["metrics"]
+            m = results[b.name].metrics
             assert set(SUMMARY_METRICS) <= set(m) and all(math.isfinite(v) for v in m.values())
     assert (table["dice_repeat_std"] == 0).all()  # noise 0: every repeat predicts the same masks
 
@@ -159,7 +154,7 @@ def test_repeats_record_the_std_of_dice_over_sampling_seeds():
     dice = np.stack([evaluate(NoisyMembers(noise=2.0), CASES, budget, TASK, CPU, repeat_seed(4, r), CFG)[0]["dice"]
                      for r in range(3)])
     np.testing.assert_allclose(table["dice_repeat_std"], dice.std(0), rtol=0, atol=1e-12)
-    assert results["direct-e1"]["metrics"]["dice_repeat_std"] > 0
+    assert results["direct-e1"].metrics["dice_repeat_std"] > 0
     np.testing.assert_array_equal(table["dice"], dice[0])  # repeat 0 is the reported evaluation
     single, _ = evaluate(NoisyMembers(noise=2.0), CASES, budget, TASK, CPU, 4, CFG)
     assert (single["dice_repeat_std"] == 0).all()  # one repeat has no spread
@@ -172,11 +167,16 @@ def test_background_scoring_gives_the_same_rows_as_inline():
     pd.testing.assert_frame_equal(threaded, inline)
 
 
+def saved_files(root: Path, budget: str) -> list[str]:
+    """The files evaluate saved for one budget, as ``<budget>/<path>`` under ``predictions_dir``."""
+    return sorted(p.relative_to(root).as_posix() for p in (root / budget).rglob("*") if p.is_file())
+
+
 def test_saved_predictions_hold_every_mask_and_overlays(tmp_path: Path, monkeypatch):
     budgets = [Budget(ensemble=1), Budget(ensemble=3)]
     cases = [*CASES, *[case(10 + i, volume="vol") for i in range(2)]]
     _, results = evaluate(NoisyMembers(), cases, budgets, TASK, CPU, 0, CFG, predictions_dir=tmp_path)
-    files = results["direct-e3"]["predictions"]
+    files = saved_files(tmp_path, "direct-e3")
     assert "direct-e3/predictions.npz" in files
     overlays = [f for f in files if f.endswith(".png")]
     assert len(overlays) == 6 and all((tmp_path / f).stat().st_size > 0 for f in files)  # 6 scored cases
@@ -188,16 +188,17 @@ def test_saved_predictions_hold_every_mask_and_overlays(tmp_path: Path, monkeypa
     np.testing.assert_allclose(saved["probs"][:2], direct.probs.numpy(), atol=1e-3)
     again = predict_as_evaluated(NoisyMembers(), torch.stack([c.image for c in cases]), budgets[0], 0,
                                  CFG["batch_size"], members_from=budgets[1])  # direct-e1 came from direct-e3
-    assert results["direct-e1"]["tags"]["members_from"] == "direct-e3"
+    assert results["direct-e1"].members_from == "direct-e3"
     np.testing.assert_array_equal(load_npz(tmp_path / "direct-e1" / "predictions.npz")["masks"], again.numpy())
     import segarena.platform.scoring.predictions as predictions
 
     monkeypatch.setattr(predictions, "NPZ_MAX_CASES", 3)
     _, results = evaluate(NoisyMembers(), cases, budgets[:1], TASK, CPU, 0, CFG, predictions_dir=tmp_path / "o")
-    assert not any(f.endswith(".npz") for f in results["direct-e1"]["predictions"])  # overlays only, ≥ 3 cases
+    files = saved_files(tmp_path / "o", "direct-e1")
+    assert files and not any(f.endswith(".npz") for f in files)  # overlays only, ≥ 3 cases
     _, results = evaluate(NoisyMembers(), cases, budgets[:1], TASK, CPU, 0, {**CFG, "save_predictions": "none"},
                           predictions_dir=tmp_path / "n")
-    assert "predictions" not in results["direct-e1"] and not (tmp_path / "n").exists()
+    assert not (tmp_path / "n").exists()
 
 
 # suite syntax -------------------------------------------------------------------------------------------------------

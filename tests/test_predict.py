@@ -3,24 +3,18 @@ those masks reproduces its per-case table (real Ray, real SQLite store, stochast
 
 from __future__ import annotations
 
-import importlib.util
-import textwrap
-from pathlib import Path
-
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from segarena_test_fakes import write_probe
 
 from segarena.platform.cli import main
 from segarena.platform.run.driver import run_suite
 from segarena.platform.scoring.predictions import load_npz
+from segarena.platform.store.schema import Tag
 from segarena.platform.store.tracking import KIND_EVAL, KIND_TRAIN, Tracker
 from segarena.platform.store.workdir import WorkDir
-
-_spec = importlib.util.spec_from_file_location("_train_once", Path(__file__).with_name("test_train_once.py"))
-_once = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_once)
 
 SUITE = """
 name: pred
@@ -41,9 +35,7 @@ evaluation: {{batch_size: 3, timing_repeats: 2, timing_warmup: 1, throughput_bat
 
 @pytest.mark.ray
 def test_predict_reproduces_stored_masks_and_evaluate_reproduces_the_table(ray_session, tmp_path, capsys):
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "traced.py").write_text(textwrap.dedent(_once.TRACED))
+    plugins = write_probe(tmp_path / "plugins", "traced", stochastic=True)  # the shared test plugin, noisy
     suite = tmp_path / "pred.yaml"
     suite.write_text(SUITE.format(trace=tmp_path / "trace.txt"))
     wd = WorkDir.at(tmp_path / "runs")
@@ -51,7 +43,7 @@ def test_predict_reproduces_stored_masks_and_evaluate_reproduces_the_table(ray_s
     assert summary.failures == []
     tracker = Tracker(wd.tracking_uri, wd)
     (train,) = tracker.runs([summary.experiment_id], KIND_TRAIN)
-    evals = {r.data.tags["segarena.budget"]: r for r in tracker.runs([summary.experiment_id], KIND_EVAL)}
+    evals = {r.data.tags[Tag.BUDGET]: r for r in tracker.runs([summary.experiment_id], KIND_EVAL)}
     assert set(evals) == {"direct-e1", "direct-e3"}
 
     from segarena.platform.plugins.registry import discover

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from segarena.platform.run.progress import Progress, eta_errors, headline_key, job_info, schedule_end
+from segarena.platform.run.eta import eta_errors, schedule_end
+from segarena.platform.run.progress import Progress, headline_key, job_info
 
 
 @dataclass
@@ -37,9 +38,8 @@ def make(total: int, concurrency: int, plan: list[dict] | None = None):
     return progress, clock, lines
 
 
-def test_job_info_reads_old_cell_and_new_job_configs():
-    old = {"cell": {"method": "unet", "dataset": "synthetic", "seed": 1, "epochs": 4, "steps_per_epoch": 20}}
-    assert job_info(old) == ("unet × synthetic · seed 1", "unet", 80, 4)
+def test_job_info_reads_job_configs():
+    assert job_info(job("unet", 4, 20, seed=1)) == ("unet × synthetic · seed 1", "unet", 80, 4)
     assert job_info(job("cdal", 5, 10, "mni152-gm", 2)) == ("cdal × mni152-gm · seed 2", "cdal", 50, 5)
     assert job_info(job("unet", 4, None)).planned_steps == 0  # learned from the first epoch
     info = job_info(job("sdseg", 20, 20, kind="evaluate"))

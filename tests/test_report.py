@@ -19,6 +19,7 @@ from segarena.dashboards.png import HEIGHT, SCALE, WIDTH, find_chromium, write_p
 from segarena.dashboards.report import FIGURES_PER_DATASET, build_html, report_figures, write_report_data
 from segarena.platform.board.formats import latex, render
 from segarena.platform.board.statistics import StatsConfig, with_statistics
+from segarena.platform.records import Evaluation
 
 
 def _load(name: str):
@@ -284,7 +285,7 @@ def test_prediction_grid_from_a_real_store(store, tmp_path):
         cell = tt.make_cell("grid-suite", "unet", seed)
         _finish_with_predictions(tracker, exp, tt, cell, ids, [0.95, 0.8, 0.7, 0.4],
                                  files if seed == 0 else {"best1_c1.png": fx.overlay_png(250)}, tmp_path)
-    weak = dataclasses.replace(tt.make_cell("grid-suite", "weak", 0), evaluation={"save_predictions": "none"})
+    weak = dataclasses.replace(tt.make_cell("grid-suite", "weak", 0), evaluation=Evaluation(save_predictions="none"))
     _finish_with_predictions(tracker, exp, tt, weak, ids, [0.5, 0.4, 0.3, 0.2], None, tmp_path)
 
     data = load_report_data(tracker, "grid-suite")

@@ -7,28 +7,22 @@ from __future__ import annotations
 import json
 import math
 import random
-import textwrap
 from pathlib import Path
 
 import pytest
+from segarena_test_fakes import write_probe
 
 from segarena.platform.cli import main
 from segarena.platform.errors import SpecError
 from segarena.platform.plugins.registry import discover
 from segarena.platform.records import Settings
 from segarena.platform.run.driver import prepare_cells
-from segarena.platform.run.search.core import (
-    TrialRecord,
-    dominates,
-    narrow,
-    pareto_front,
-    plans,
-    select,
-    tuned_cells,
-)
+from segarena.platform.run.search.plan import TrialRecord, plans, tuned_cells
+from segarena.platform.run.search.select import dominates, pareto_front, select
 from segarena.platform.run.search.trainable import FINAL_KEY, STATUS_KEY, search_trial_loop
 from segarena.platform.search_space import Choice, IntUniform, LogUniform
-from segarena.platform.spec.suite import expand, load_suite
+from segarena.platform.spec.search import narrow
+from segarena.platform.spec.suite import SearchSpec, expand, load_suite
 from segarena.platform.store.workdir import WorkDir
 
 BASE = """
@@ -145,13 +139,13 @@ def _records() -> list[TrialRecord]:
 
 def test_select_best_and_pareto_on_validation_points():
     records = _records()
-    best = select(records, {"select": "best", "objectives": ["val/dice"], "max_selected": 3})
+    best = select(records, SearchSpec(select="best", objectives=["val/dice"], max_selected=3))
     assert [(p["config"]["lr"], p["name"]) for p in best] == [(0.02, "ddim5-e1")]
-    pareto = select(records, {"select": "pareto", "objectives": ["val/dice", "latency_ms"], "max_selected": 2})
+    pareto = select(records, SearchSpec(select="pareto", objectives=["val/dice", "latency_ms"], max_selected=2))
     # front: (0.75, 60) (0.70, 50) (0.60, 10); two picks spread from the best Dice to the cheapest
     assert [(p["dice"], p["latency_ms"]) for p in pareto] == [(0.75, 60), (0.60, 10)]
     assert len({p["name"] for p in pareto}) == 2
-    assert select(records[2:], {"select": "best", "objectives": ["val/dice"], "max_selected": 1}) == []
+    assert select(records[2:], SearchSpec(select="best", objectives=["val/dice"], max_selected=1)) == []
 
 
 def test_tuned_cells_copy_every_seed_with_the_chosen_config(tmp_path):
@@ -169,11 +163,11 @@ def test_searcher_records_every_trial_with_its_state():
     pytest.importorskip("ray.tune.search.optuna")
     from types import SimpleNamespace
 
-    from segarena.platform.run.search.core import make_searcher
     from segarena.platform.run.search.trainable import OBJECTIVE
+    from segarena.platform.run.search.tune import make_searcher
 
     plan = SimpleNamespace(space={"lr": LogUniform(1e-3, 1e-1)}, key="k",
-                           search={"sampler": "random", "seed": 0, "objectives": ["val/dice"]})
+                           search=SearchSpec(sampler="random", seed=0, objectives=["val/dice"]))
     searcher = make_searcher(plan)
     searcher.feed(_records(), ["val/dice"])  # warm start: a killed driver's four trials
     final = {"val/dice": 0.5, OBJECTIVE["val/dice"]: 0.7, STATUS_KEY: "finished", FINAL_KEY: 1,
@@ -189,68 +183,17 @@ def test_searcher_records_every_trial_with_its_state():
     assert len(searcher._ot_study.trials) == 9  # nothing dropped
 
 
-SPY = '''
-import hashlib, os
-import torch
-from segarena.platform.plugin import MethodPlugin, Prediction
-from segarena.platform.search_space import LogUniform
-
-
-class SpyMethod(MethodPlugin):
-    """Records a hash of every image it is asked to predict (one line per image, in $SPY_LOG)."""
-    name = "spy"
-    version = "0.0.1"
-    denoiser = "net"
-
-    def __init__(self, hparams, task):
-        super().__init__(hparams, task)
-        self.net = torch.nn.Conv2d(task.in_channels, task.num_classes, 3, padding=1)
-        self.opt = torch.optim.SGD(self.net.parameters(), lr=hparams["lr"])
-
-    @classmethod
-    def profiles(cls):
-        return {"tiny": {"lr": 0.1, "batch_size": 4}, "paper": {"lr": 0.1, "batch_size": 4}}
-
-    @classmethod
-    def search_space(cls):
-        return {"lr": LogUniform(1e-3, 1.0)}
-
-    def modules(self):
-        return {"net": self.net}
-
-    def optimizers(self):
-        return {"opt": self.opt}
-
-    def training_step(self, batch):
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(self.net(batch["image"]), batch["mask"])
-        self.opt.zero_grad()
-        loss.backward()
-        self.opt.step()
-        return {"loss": loss.item()}
-
-    def predict(self, images, budget, generator=None):
-        with open(os.environ["SPY_LOG"], "a") as f:
-            for im in images:
-                f.write(hashlib.sha1(im.cpu().numpy().tobytes()).hexdigest() + "\\n")
-        probs = self.net(images).sigmoid()
-        return Prediction(probs=probs, mask=probs > 0.5, nfe=budget.nfe)
-'''
-
-
 def _settings(tmp_path: Path, plugin_dirs: tuple[str, ...] = ()) -> Settings:
     return Settings(tracking_uri="sqlite://", workdir=str(tmp_path / "runs"), experiment_id="0",
                     plugin_dirs=plugin_dirs, workers_per_trial=1, cpus_per_worker=1.0, gpus_per_worker=0.0,
                     failure_retries=0, device="cpu", segarena_version="0", git_sha="x", driver="d")
 
 
-def test_a_trial_predicts_validation_never_test(tmp_path, monkeypatch):
+def test_a_trial_predicts_validation_never_test(tmp_path):
     import hashlib
 
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "spy.py").write_text(textwrap.dedent(SPY))
     log = tmp_path / "spy.log"
-    monkeypatch.setenv("SPY_LOG", str(log))
+    plugins = write_probe(tmp_path / "plugins", "spy", spy=str(log))  # a hash of every image it predicts
     suite = _suite(tmp_path, method_extra="").read_text().replace("name: unet", "name: spy")
     (tmp_path / "s.yaml").write_text(suite.replace("seeds: [0, 1]", "seeds: [0]"))
     spec, path = load_suite(tmp_path / "s.yaml")

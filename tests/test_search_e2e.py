@@ -16,75 +16,23 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
+from segarena_test_fakes import write_probe
 
-from segarena.platform.run.search.core import (
-    KIND_SEARCH,
-    KIND_TRIAL,
-    all_points,
-    dominates,
-    pareto_front,
-    search_outcomes,
-)
+from segarena.platform.run.search.select import all_points, dominates, pareto_front
+from segarena.platform.run.search.stage import search_outcomes
+from segarena.platform.store.schema import KIND_SEARCH, KIND_TRIAL, Tag
 from segarena.platform.store.tracking import Tracker
 from segarena.platform.store.workdir import WorkDir
 
-FLAKY = '''
-import time
-import torch
-from segarena.platform.plugin import MethodPlugin, Prediction
-from segarena.platform.search_space import Choice, LogUniform
-
-
-class FlakyMethod(MethodPlugin):
-    """A one-layer method whose `fail: nan` trials produce a NaN loss; `sleep` slows each step."""
-    name = "flaky"
-    version = "0.0.1"
-    denoiser = "net"
-
-    def __init__(self, hparams, task):
-        super().__init__(hparams, task)
-        self.net = torch.nn.Conv2d(task.in_channels, task.num_classes, 3, padding=1)
-        self.opt = torch.optim.SGD(self.net.parameters(), lr=hparams["lr"])
-
-    @classmethod
-    def profiles(cls):
-        p = {"lr": 0.1, "batch_size": 4, "fail": "no", "sleep": SLEEP}
-        return {"tiny": dict(p), "paper": dict(p)}
-
-    @classmethod
-    def search_space(cls):
-        return {"lr": LogUniform(1e-3, 1.0), "fail": Choice(FAILS)}
-
-    def modules(self):
-        return {"net": self.net}
-
-    def optimizers(self):
-        return {"opt": self.opt}
-
-    def training_step(self, batch):
-        time.sleep(self.hparams["sleep"])
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(self.net(batch["image"]), batch["mask"])
-        self.opt.zero_grad()
-        loss.backward()
-        self.opt.step()
-        return {"loss": float("nan") if self.hparams["fail"] == "nan" else loss.item()}
-
-    def predict(self, images, budget, generator=None):
-        probs = self.net(images).sigmoid()
-        return Prediction(probs=probs, mask=probs > 0.5, nfe=budget.nfe)
-'''
-
 
 def _plugin(tmp_path: Path, fails: list[str], sleep: float = 0.0) -> Path:
-    d = tmp_path / "plugins"
-    d.mkdir(exist_ok=True)
-    (d / "flaky.py").write_text(textwrap.dedent(FLAKY).replace("SLEEP", repr(sleep)).replace("FAILS", repr(fails)))
-    return d
+    """The probe as ``flaky``: its search space draws `fail` from ``fails`` (`nan` trials produce a NaN loss);
+    `sleep` slows each step."""
+    return write_probe(tmp_path / "plugins", "flaky", fails=fails, fail="no", sleep=sleep)
 
 
 SUITE = """
@@ -153,17 +101,17 @@ def test_nan_trials_fail_in_mlflow_and_searcher_and_no_group_outlives_stopped_tr
     assert parent.info.status == "FINISHED" and parent.data.metrics["trials"] == 6
     runs = _trial_runs(tracker, exp)
     assert len(runs) == 6 and {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
-    failed = [r for r in runs if r.data.tags["segarena.trial_status"] == "failed"]
+    failed = [r for r in runs if r.data.tags[Tag.TRIAL_STATUS] == "failed"]
     assert len(failed) == counts["failed"] and all(r.info.status == "FAILED" for r in failed)
-    assert all("nan" in r.data.tags["segarena.error"].lower() for r in failed)
-    assert all(json.loads(r.data.tags["segarena.trial_config"])["fail"] == "nan" for r in failed)
-    stopped = [r for r in runs if r.data.tags["segarena.trial_status"] == "stopped"]
+    assert all("nan" in r.data.tags[Tag.ERROR].lower() for r in failed)
+    assert all(json.loads(r.data.tags[Tag.TRIAL_CONFIG])["fail"] == "nan" for r in failed)
+    stopped = [r for r in runs if r.data.tags[Tag.TRIAL_STATUS] == "stopped"]
     assert all(r.data.metrics["epochs_run"] < 3 and r.data.metrics["trial_s"] > 0 for r in stopped)
-    finished = [r for r in runs if r.data.tags["segarena.trial_status"] == "finished"]
+    finished = [r for r in runs if r.data.tags[Tag.TRIAL_STATUS] == "finished"]
     assert all(len(tracker.client.get_metric_history(r.info.run_id, "val/dice")) == 3 for r in finished)
     # the best finished trial's config, as a cell, is what the search returns
     assert len(cells) == 1 and cells[0].hparams["fail"] == "no"
-    assert parent.data.tags["segarena.tuned_cells"] == cells[0].key
+    assert parent.data.tags[Tag.TUNED_CELLS] == cells[0].key
     import ray.util
 
     live: dict = {}
@@ -217,7 +165,7 @@ def test_pareto_search_returns_non_dominated_points_at_different_budgets(ray_ses
         by_trial.setdefault(json.dumps(p["config"], sort_keys=True), set()).add(p["name"])
     assert len(cells) == len(by_trial)
     for c in cells:
-        assert {b.name for b in c.budget_objects()} == by_trial[json.dumps(
+        assert {b.name for b in c.budgets} == by_trial[json.dumps(
             {k: c.hparams[k] for k in outcome.plan.space}, sort_keys=True)]
     print("\n".join(lines))
     print("front:", [(p["trial"], p["name"], round(p["dice"], 4), round(p["latency_ms"], 1)) for p in front])
@@ -235,8 +183,8 @@ def _count_recorded(db: Path) -> int:
         return 0
     try:
         with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as con:
-            return con.execute("SELECT COUNT(*) FROM tags WHERE key = 'segarena.trial_status' AND value IN "
-                               "('finished', 'stopped', 'failed')").fetchone()[0]
+            return con.execute("SELECT COUNT(*) FROM tags WHERE key = ? AND value IN "
+                               "('finished', 'stopped', 'failed')", (Tag.TRIAL_STATUS,)).fetchone()[0]
     except sqlite3.OperationalError:  # the schema is not there yet, or the database is busy
         return 0
 
@@ -274,25 +222,25 @@ def test_killed_driver_resumes_search_without_rerunning_recorded_trials(ray_sess
     assert recorded < 6, "the driver finished the search before it could be killed"
     tracker = Tracker(wd.tracking_uri, wd)
     exp = tracker.experiment("resume", create=False)
-    before = {r.info.run_id: r.data.tags["segarena.trial_status"] for r in _trial_runs(tracker, exp)}
+    before = {r.info.run_id: r.data.tags[Tag.TRIAL_STATUS] for r in _trial_runs(tracker, exp)}
     # the killed driver's lease would expire after a minute; expire it now instead of waiting
     for r in tracker.runs([exp], "driver"):
-        tracker.set_tags(r.info.run_id, {"segarena.heartbeat": "0"})
+        tracker.set_tags(r.info.run_id, {Tag.HEARTBEAT: "0"})
 
     lines: list[str] = []
     t0 = time.time()
     run_suite(suite, workdir, plugin_dirs=[str(plugins)], echo=lines.append)
     resume_s = time.time() - t0
     runs = {r.info.run_id: r for r in _trial_runs(tracker, exp)}
-    counted = {k: r for k, r in runs.items() if r.data.tags["segarena.trial_status"] in ("finished", "stopped",
+    counted = {k: r for k, r in runs.items() if r.data.tags[Tag.TRIAL_STATUS] in ("finished", "stopped",
                                                                                          "failed")}
     done_before = {k for k, s in before.items() if s in ("finished", "stopped", "failed")}
-    assert len(counted) == 6, {k: r.data.tags["segarena.trial_status"] for k, r in runs.items()}
+    assert len(counted) == 6, {k: r.data.tags[Tag.TRIAL_STATUS] for k, r in runs.items()}
     assert done_before <= set(counted)  # recorded trials kept, not rerun
     new = set(runs) - set(before)
     assert len(new) == 6 - len(done_before)  # only the remaining trials ran
     interrupted = [k for k, s in before.items() if s == "running"]
-    assert all(runs[k].data.tags["segarena.trial_status"] == "interrupted" and runs[k].info.status == "FAILED"
+    assert all(runs[k].data.tags[Tag.TRIAL_STATUS] == "interrupted" and runs[k].info.status == "FAILED"
                for k in interrupted)
     parents = tracker.runs([exp], KIND_SEARCH)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"

@@ -6,6 +6,7 @@ import pytest
 
 from segarena.platform.errors import SpecError
 from segarena.platform.plugins.registry import discover
+from segarena.platform.records import Budget
 from segarena.platform.spec.suite import expand, load_suite
 
 GOOD = """
@@ -37,7 +38,7 @@ def test_expands_method_dataset_seed(tmp_path):
     out = cells(tmp_path, GOOD)
     assert [(c.method, c.dataset, c.seed) for c in out] == [("unet", "synthetic", 0), ("unet", "synthetic", 1)]
     assert out[0].hparams["lr"] == 0.01 and out[0].hparams["batch_size"] == 4  # profile + override
-    assert out[0].budgets == ({"sampler": "direct", "steps": 1, "ensemble": 1},)
+    assert out[0].budgets == (Budget(steps=1, ensemble=1, sampler="direct"),)
 
 
 def test_cell_hash_is_stable_and_sensitive(tmp_path):

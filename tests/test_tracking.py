@@ -8,17 +8,18 @@ import pandas as pd
 import pytest
 
 from segarena.platform.board.leaderboard import leaderboard, render
-from segarena.platform.records import Budget, BudgetResult, Cell, CellResult, Task, Timings
+from segarena.platform.records import Budget, BudgetResult, Cell, CellResult, Evaluation, Task, Timings
+from segarena.platform.store.schema import Tag
 from segarena.platform.store.tracking import KIND_EVAL, ORPHAN_ERROR, Tracker, cell_tags
 from segarena.platform.store.workdir import WorkDir
 
-DIRECT = {"sampler": "direct", "steps": 1, "ensemble": 1}
+DIRECT = Budget(steps=1, ensemble=1, sampler="direct")
 
 
 def make_cell(suite, method="unet", seed=0, dataset="synthetic", budgets=(DIRECT,)):
     return Cell(suite=suite, method=method, profile="tiny", hparams={"lr": 0.1}, plugin_version="1", dataset=dataset,
                 dataset_path=None, dataset_params={}, seed=seed, budgets=tuple(budgets), epochs=1,
-                steps_per_epoch=None, evaluation={})
+                steps_per_epoch=None, evaluation=Evaluation())
 
 
 def table(budget, dices):
@@ -70,7 +71,7 @@ def test_tags_metrics_artifacts_of_a_finished_cell(tracker, suite, store):
     for tag in ("suite", "method", "dataset", "seed", "budget", "profile", "cell", "plugin_version", "version",
                 "git_sha", "status"):
         assert f"segarena.{tag}" in run.data.tags, tag
-    assert run.info.status == "FINISHED" and run.data.tags["segarena.status"] == "finished"
+    assert run.info.status == "FINISHED" and run.data.tags[Tag.STATUS] == "finished"
     assert {"best/dice", "best/latency_ms", "best/nfe"} <= set(run.data.metrics)
     assert not {"dice", "latency_ms"} & set(run.data.metrics)  # plain names belong to evaluation runs
     run_dir = WorkDir(store[1]).artifact_path(run.info.artifact_uri)
@@ -107,13 +108,34 @@ def test_rerun_of_a_cell_is_counted_once(tracker, suite):
     assert board.iloc[0]["n_seeds"] == 1
 
 
+def test_the_plugins_headline_loss_is_tagged_on_its_training_and_read_back(tracker, suite):
+    """The report draws the loss the plugin names (``headline_loss``): written when the training run is
+    created, read back by the typed view and by the report's curve reader."""
+    from segarena.dashboards.data import load_curves_and_cells
+    from segarena.platform.board.leaderboard import seed_scores
+    from segarena.platform.store.schema import TrainingRun
+
+    exp = tracker.experiment(suite)
+    cell = make_cell(suite)
+    tags = cell_tags(cell, "0.1.0", "abc")
+    run_id = tracker.start_training(exp, cell, tags, headline_loss="g_mse")
+    assert tracker.client.get_run(run_id).data.tags[Tag.HEADLINE_LOSS] == "g_mse"  # there while it trains
+    tracker.finish_training(exp, run_id, cell, tags, result({"direct-e1": (Budget(), [0.5], 0.5)}),
+                            {"config.json": {"cell": cell.as_dict()}, "environment.json": {"torch": "x"}}, {})
+    assert TrainingRun.from_mlflow(tracker.client.get_run(run_id)).headline_loss == "g_mse"
+    curves, _ = load_curves_and_cells(tracker, seed_scores(tracker, suite)[0])
+    assert list(curves["key"]) == ["train/loss"] and set(curves["headline"]) == {"g_mse"}
+    plain = finish(tracker, tracker.experiment(suite + "_plain"), make_cell(suite + "_plain"), [0.5])
+    assert Tag.HEADLINE_LOSS not in tracker.client.get_run(plain).data.tags  # a plugin that names none
+
+
 def test_orphans_are_marked_failed_and_never_counted(tracker, suite):
     exp = tracker.experiment(suite)
     cell = make_cell(suite, method="crashy")
     orphan = tracker.start_training(exp, cell, cell_tags(cell, "0.1.0", "abc"))
     assert tracker.mark_orphans(exp) == [orphan]
     run = tracker.client.get_run(orphan)
-    assert run.info.status == "FAILED" and run.data.tags["segarena.error"] == ORPHAN_ERROR
+    assert run.info.status == "FAILED" and run.data.tags[Tag.ERROR] == ORPHAN_ERROR
     board, failed = leaderboard(tracker, suite)
     assert board.empty and list(failed["method"]) == ["crashy"]
 
@@ -153,7 +175,7 @@ def test_formats(tracker, suite, tmp_path, fmt):
 
 def test_cell_budget_tag_uses_budget_names(tracker, suite):
     run = tracker.client.get_run(finish(tracker, tracker.experiment(suite), make_cell(suite), [0.5]))
-    assert run.data.tags["segarena.budget"] == "direct-e1"
+    assert run.data.tags[Tag.BUDGET] == "direct-e1"
 
 
 def test_two_variants_of_a_method_stay_separate_rows(tracker, suite):
@@ -174,14 +196,14 @@ def test_cell_run_carries_the_best_budget_never_the_first(tracker, suite):
     """Sorting cell runs by ``best/dice`` in the MLflow UI ranks them by their best budget."""
     exp = tracker.experiment(suite)
     ddim1, ddim3 = Budget(5, 1, "ddim"), Budget(5, 3, "ddim")
-    cell = make_cell(suite, budgets=(ddim1.as_dict(), ddim3.as_dict()))
+    cell = make_cell(suite, budgets=(ddim1, ddim3))
     tags = cell_tags(cell, "0.1.0", "abc")
     run_id = tracker.start_training(exp, cell, tags)
     res = result({"ddim5-e1": (ddim1, [0.5], 0.536), "ddim5-e3": (ddim3, [0.7], 0.675)})
     tracker.finish_training(exp, run_id, cell, tags, res, {"environment.json": {}}, {})
     run = tracker.client.get_run(run_id)
     assert run.data.metrics["best/dice"] == pytest.approx(0.675)
-    assert run.data.tags["segarena.best_budget"] == "ddim5-e3"
+    assert run.data.tags[Tag.BEST_BUDGET] == "ddim5-e3"
     assert tracker.client.get_run(run_id).inputs.dataset_inputs[0].dataset.digest == "abc"
 
 
@@ -240,11 +262,11 @@ def test_a_live_driver_keeps_its_cells_and_a_dead_one_loses_them(tracker, suite)
     exp = tracker.experiment(suite)
     live = tracker.start_driver(exp, suite, "live-driver", socket.gethostname())
     dead = tracker.start_driver(exp, suite, "dead-driver", socket.gethostname())
-    tracker.set_tags(dead, {"segarena.pid": "999999999"})  # no such process on this machine
+    tracker.set_tags(dead, {Tag.PID: "999999999"})  # no such process on this machine
     mine, theirs = make_cell(suite, seed=0), make_cell(suite, seed=1)
-    kept = tracker.start_training(exp, mine, {**cell_tags(mine, "0", "x"), "segarena.driver": "live-driver"})
-    lost = tracker.start_training(exp, theirs, {**cell_tags(theirs, "0", "x"), "segarena.driver": "dead-driver"})
-    assert [r.data.tags["segarena.driver"] for r in tracker.live_drivers(exp)] == ["live-driver"]
+    kept = tracker.start_training(exp, mine, {**cell_tags(mine, "0", "x"), Tag.DRIVER: "live-driver"})
+    lost = tracker.start_training(exp, theirs, {**cell_tags(theirs, "0", "x"), Tag.DRIVER: "dead-driver"})
+    assert [r.data.tags[Tag.DRIVER] for r in tracker.live_drivers(exp)] == ["live-driver"]
     assert tracker.mark_orphans(exp) == [lost]
     assert tracker.client.get_run(kept).info.status == "RUNNING"
     tracker.stop_driver(live)
@@ -287,7 +309,7 @@ def test_two_drivers_of_a_suite_started_together_leave_exactly_one_running(track
     first = _Lease(tracker, exp, suite, "first", every_s=0.2)  # not refused by the newer rival
     monkeypatch.setattr(tracker, "start_driver", real)
     try:
-        assert [r.data.tags["segarena.driver"] for r in tracker.live_drivers(exp)] == ["first", "second"]
+        assert [r.data.tags[Tag.DRIVER] for r in tracker.live_drivers(exp)] == ["first", "second"]
         with pytest.raises(SegarenaError, match="already running: driver first"):
             _Lease(tracker, exp, suite, "third")
     finally:
@@ -308,7 +330,7 @@ def test_a_late_finish_cannot_bring_back_a_run_marked_failed(tracker, suite):
         tracker.finish_training(exp, run_id, cell, tags, result({"direct-e1": (Budget(), [0.5], 0.5)}),
                                 {"environment.json": {}}, {})
     assert tracker.client.get_run(run_id).info.status == "FAILED"
-    children = [r for r in tracker.runs([exp], KIND_EVAL) if r.data.tags["segarena.parent"] == run_id]
+    children = [r for r in tracker.runs([exp], KIND_EVAL) if r.data.tags[Tag.PARENT] == run_id]
     assert not [r for r in children if r.info.status == "FINISHED"]  # nothing counted under the failed parent
 
 
@@ -316,7 +338,7 @@ def test_a_locked_sqlite_database_is_retried_whatever_wraps_the_error():
     """Two trials finishing together write to one SQLite file; MLflow lets SQLAlchemy's error through."""
     import sqlite3
 
-    from segarena.platform.store.tracking import _retry
+    from segarena.platform.store.retry import retry as _retry
 
     calls = []
 
@@ -351,7 +373,7 @@ def test_two_drivers_creating_one_experiment_at_once_both_get_it(tracker, suite,
 def test_retry_widened_for_a_known_race_retries_that_error_only():
     import sqlite3
 
-    from segarena.platform.store.tracking import _retry
+    from segarena.platform.store.retry import retry as _retry
 
     calls = []
 

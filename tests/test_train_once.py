@@ -3,57 +3,14 @@ a finished training and train nothing (real Ray, real SQLite MLflow store)."""
 
 from __future__ import annotations
 
-import textwrap
-
 import pytest
+from segarena_test_fakes import write_probe
 
 from segarena.platform.board.leaderboard import leaderboard
 from segarena.platform.run.driver import run_suite
+from segarena.platform.store.schema import Tag
 from segarena.platform.store.tracking import KIND_EVAL, KIND_TRAIN, Tracker
 from segarena.platform.store.workdir import WorkDir
-
-TRACED = '''
-import torch
-from segarena.platform.plugin import Budget, MethodPlugin, Prediction
-
-
-class TracedMethod(MethodPlugin):
-    """Appends one line per training step to the file named by its `trace` hparam."""
-    name = "traced"
-    version = "0.0.1"
-    denoiser = "net"
-    stochastic = True  # its predictions add a little generator noise
-
-    def __init__(self, hparams, task):
-        super().__init__(hparams, task)
-        self.net = torch.nn.Conv2d(task.in_channels, task.num_classes, 3, padding=1)
-        self.opt = torch.optim.SGD(self.net.parameters(), lr=0.1)
-
-    @classmethod
-    def profiles(cls):
-        return {"tiny": {"batch_size": 4, "trace": ""}, "paper": {"batch_size": 4, "trace": ""}}
-
-    def modules(self):
-        return {"net": self.net}
-
-    def optimizers(self):
-        return {"opt": self.opt}
-
-    def training_step(self, batch):
-        with open(self.hparams["trace"], "a") as f:
-            f.write("step\\n")
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(self.net(batch["image"]), batch["mask"])
-        self.opt.zero_grad()
-        loss.backward()
-        self.opt.step()
-        return {"loss": loss.item()}
-
-    def predict(self, images, budget, generator=None):
-        noise = torch.rand(images.shape[0], 1, 1, 1, generator=generator) * 0.01
-        logits = sum(self.net(images) for _ in range(budget.nfe)) / budget.nfe  # nfe honest passes
-        probs = (logits + noise).sigmoid()
-        return Prediction(probs=probs, mask=probs > 0.5, nfe=budget.nfe)
-'''
 
 SUITE = """
 name: once
@@ -73,9 +30,8 @@ evaluation: {{timing_repeats: {repeats}, timing_warmup: 1, throughput_batch: 2, 
 
 @pytest.mark.ray
 def test_new_budget_and_new_evaluation_settings_train_nothing(ray_session, tmp_path):
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "traced.py").write_text(textwrap.dedent(TRACED))
+    # the probe as `traced`: one line per training step in its `trace` file; a little generator noise
+    plugins = write_probe(tmp_path / "plugins", "traced", stochastic=True)
     trace = tmp_path / "trace.txt"
     suite = tmp_path / "once.yaml"
     wd = WorkDir.at(tmp_path / "runs")
@@ -104,8 +60,8 @@ def test_new_budget_and_new_evaluation_settings_train_nothing(ray_session, tmp_p
     assert train_again.info.run_id == train.info.run_id
     assert [(m.step, m.value) for m in tracker.client.get_metric_history(train.info.run_id, "train/loss")] == history
     evals = tracker.runs([exp], KIND_EVAL)
-    assert sorted(r.data.tags["segarena.budget"] for r in evals) == ["direct-e1", "direct-e2"]
-    assert all(r.data.tags["segarena.parent"] == train.info.run_id for r in evals)
+    assert sorted(r.data.tags[Tag.BUDGET] for r in evals) == ["direct-e1", "direct-e2"]
+    assert all(r.data.tags[Tag.PARENT] == train.info.run_id for r in evals)
     board, _ = leaderboard(tracker, "once")
     assert sorted(board["budget"]) == ["direct-e1", "direct-e2"]
 

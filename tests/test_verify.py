@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from segarena_test_fakes import probe_class
 
 from segarena.platform.conformance import MethodConformance
 from segarena.platform.errors import PluginError
@@ -14,60 +15,14 @@ from segarena.platform.scoring.checks import PredictionError, check_prediction, 
 TASK = Task(in_channels=1, num_classes=1, image_size=(16, 16))
 
 
-class Probe(MethodPlugin):
-    """One conv; ``passes`` denoiser calls per predict, ``scale`` multiplies logits (3 = "logits as probs")."""
-
-    name, version, paper = "probe", "0.0.1", "test"
-    denoiser = "net"
-    stochastic = True
-    passes = 1
-    as_logits = False
-
-    def __init__(self, hparams, task):
-        super().__init__(hparams, task)
-        self.net = torch.nn.Conv2d(task.in_channels, task.num_classes, 3, padding=1)
-        self.opt = torch.optim.SGD(self.net.parameters(), lr=0.1)
-
-    @classmethod
-    def profiles(cls):
-        return {"tiny": {"lr": 0.1}, "paper": {"lr": 0.1}}
-
-    @classmethod
-    def budgets(cls, profile):
-        return [Budget()]
-
-    def modules(self):
-        return {"net": self.net}
-
-    def optimizers(self):
-        return {"opt": self.opt}
-
-    def training_step(self, batch):
-        return {"loss": 0.0}
-
-    def predict(self, images, budget, generator=None):
-        e = budget.ensemble
-        x = images.repeat(e, 1, 1, 1)  # members batched: E·B rows per pass
-        for _ in range(self.passes * budget.steps):
-            logits = self.net(x)
-        members = logits.sigmoid().view(e, images.shape[0], *logits.shape[1:])
-        probs = members.mean(0)
-        if self.as_logits:
-            probs = logits[: images.shape[0]] * 3
-        return Prediction(probs=probs, mask=probs > 0.5, nfe=budget.nfe, members=members > 0.5,
-                          member_probs=members)
+# the probe (tests/plugins/probe.py): one conv, members batched through one pass, a little generator noise
+Probe = probe_class("probe", stochastic=True, returns_members=True)
+Liar = probe_class("liar", stochastic=True, returns_members=True, fail="lie")  # 5 passes per step, says 1
+Logits = probe_class("logits", stochastic=True, returns_members=True, fail="logits")  # logits × 3 as probs
 
 
-class Liar(Probe):
-    """Runs its denoiser 5 times per step and says it ran once (the issue's lying-nfe plugin)."""
-
-    name = "liar"
-    passes = 5
-
-
-class Logits(Probe):
-    name = "logits"
-    as_logits = True
+def make(cls: type[MethodPlugin]) -> MethodPlugin:
+    return cls(cls.profiles()["tiny"], TASK)
 
 
 def predict_counted(method, budget, images):
@@ -81,14 +36,14 @@ IMAGES = torch.randn(4, 1, 16, 16)
 
 @pytest.mark.parametrize("budget", [Budget(), Budget(steps=3, ensemble=2, sampler="ddim")])
 def test_an_honest_plugin_passes_and_its_passes_are_counted(budget):
-    out, counted = predict_counted(Probe({}, TASK), budget, IMAGES)
+    out, counted = predict_counted(make(Probe), budget, IMAGES)
     assert counted == budget.nfe  # E members batched through one pass count E passes per image
     check_prediction(out, budget, counted, IMAGES, 1)
 
 
 def test_a_plugin_that_reports_fewer_passes_than_it_ran_fails_naming_both_numbers():
     budget = Budget(steps=1)
-    out, counted = predict_counted(Liar({}, TASK), budget, IMAGES)
+    out, counted = predict_counted(make(Liar), budget, IMAGES)
     assert out.nfe == 1 and counted == 5
     with pytest.raises(PredictionError, match=r"budget direct-e1: the plugin reports nfe 1 but the harness counted "
                                               r"5 denoiser pass\(es\) per image") as err:
@@ -97,7 +52,7 @@ def test_a_plugin_that_reports_fewer_passes_than_it_ran_fails_naming_both_number
 
 
 def test_logits_returned_as_probabilities_fail_naming_the_range():
-    out, counted = predict_counted(Logits({}, TASK), Budget(), IMAGES)
+    out, counted = predict_counted(make(Logits), Budget(), IMAGES)
     with pytest.raises(PredictionError, match=r"probs range \[-?[\d.e-]+, [\d.e-]+\] is outside \[0, 1\]"):
         check_prediction(out, Budget(), counted, IMAGES, 1)
 
@@ -134,7 +89,7 @@ def test_a_float_mask_of_zeros_and_ones_is_accepted():
 
 
 def test_the_hook_is_removed_whatever_happens():
-    method = Probe({}, TASK)
+    method = make(Probe)
     with pytest.raises(RuntimeError), count_denoiser_calls(method):
         raise RuntimeError("boom")
     assert not method.net._forward_pre_hooks
@@ -142,7 +97,7 @@ def test_the_hook_is_removed_whatever_happens():
 
 def test_passes_through_functional_call_are_counted():
     """EMA sampling runs the denoiser with averaged weights through torch.func.functional_call."""
-    method = Probe({}, TASK)
+    method = make(Probe)
     params = {k: v.detach().clone() for k, v in method.net.named_parameters()}
     with count_denoiser_calls(method) as counter:
         torch.func.functional_call(method.net, params, (IMAGES,))
@@ -155,7 +110,7 @@ def test_a_method_without_a_denoiser_is_a_plugin_error():
         denoiser = ""
 
     with pytest.raises(PluginError, match="set the class attribute `denoiser`"):
-        with count_denoiser_calls(NoDenoiser({}, TASK)):
+        with count_denoiser_calls(make(NoDenoiser)):
             pass
 
 

@@ -65,6 +65,7 @@ def main(suite: str = "default", workdir: str | None = None) -> dict:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from segarena.platform.run.driver import run_suite
     from segarena.platform.run.fingerprint import fingerprint
+    from segarena.platform.store.schema import HARNESS_TAG_PREFIX, Tag
     from segarena.platform.store.tracking import KIND_TRAIN, Tracker
     from segarena.platform.store.workdir import WorkDir
 
@@ -80,9 +81,9 @@ def main(suite: str = "default", workdir: str | None = None) -> dict:
         rows = []
         for run in tracker.runs([summary.experiment_id], KIND_TRAIN):
             h = tracker.load_json(run.info.run_id, "harness.json")
-            h |= {k.split("harness.", 1)[1]: float(v) for k, v in run.data.tags.items()
-                  if k.startswith("segarena.harness.")}  # logging_s, cell_wall_s, overhead_s
-            rows.append({"cell": f"{run.data.tags['segarena.method']} × {run.data.tags['segarena.dataset']}",
+            h |= {k.removeprefix(HARNESS_TAG_PREFIX): float(v) for k, v in run.data.tags.items()
+                  if k.startswith(HARNESS_TAG_PREFIX)}  # logging_s, cell_wall_s, overhead_s
+            rows.append({"cell": f"{run.data.tags[Tag.METHOD]} × {run.data.tags[Tag.DATASET]}",
                          **{p: round(h.get(p, float("nan")), 2) for p in PARTS}})
         slots = next((int(ln.split(" cell(s) at a time")[0].rsplit("·", 1)[1]) for ln in lines_seen
                       if " cell(s) at a time" in ln), 1)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from segarena.platform.errors import SegarenaError
+from segarena.platform.scoring.catalog import METRICS, Metric
 
 FORMATS = ("table", "markdown", "latex", "csv", "parquet", "json")
 
@@ -54,9 +55,24 @@ def _group(v: object) -> str:
     return str(int(v)) if _num(v) else "–"
 
 
-# (board column, table header): NSD, GED (d = 1 − IoU), member diversity, ECE, stability (mean per-case std
-# of Dice over `evaluation.repeats` sampling seeds)
-SHOWN_EXTRAS = (("nsd", "nsd"), ("ged", "ged"), ("diversity", "div"), ("ece", "ece"), ("dice_repeat_std", "stab"))
+def _headline() -> list[Metric]:
+    """The text board's columns after Dice, always there (scoring/catalog.py)."""
+    return [m for m in METRICS.values() if m.shown and m.headline and m.name != "dice"]
+
+
+def _extras() -> list[Metric]:
+    """The text board's columns after the headline ones, once some row measured them."""
+    return [m for m in METRICS.values() if m.shown and not m.headline]
+
+
+def _column(board: pd.DataFrame, m: Metric) -> list[str]:
+    """One headline column as text: mean ± std over seeds, with its unit; a count as it is."""
+    if m.board_digits == 0:  # a count (nfe): as logged, no spread
+        return list(board[f"{m.name}_mean"].map(lambda v: "–" if not _num(v) else f"{v:g}"))
+    text = _pm_column(board, m.name, m.board_digits)
+    if m.unit_column:
+        return [f"{v} {u}" for v, u in zip(text, board[m.unit_column], strict=True)]
+    return text
 
 
 def display_frame(board: pd.DataFrame) -> pd.DataFrame:
@@ -73,13 +89,9 @@ def display_frame(board: pd.DataFrame) -> pd.DataFrame:
                                                                                 strict=True)]
     else:
         cols["dice"] = _pm_column(board, "dice", 4)
-    cols |= {
-        "iou": _pm_column(board, "iou", 4),
-        "hd95": [f"{v} {u}" for v, u in zip(_pm_column(board, "hd95", 2), board["hd95_unit"], strict=True)],
-        "latency_ms": _pm_column(board, "latency_ms", 1),
-        "nfe": board["nfe_mean"].map(lambda v: "–" if not _num(v) else f"{v:g}")}
-    for key, label in _shown_extras(board):
-        cols[label] = board[f"{key}_mean"].map(lambda v: "–" if not _num(v) else f"{v:.3f}")
+    cols |= {m.header: _column(board, m) for m in _headline()}
+    for m in _shown_extras(board):
+        cols[m.header] = board[f"{m.name}_mean"].map(lambda v, d=m.board_digits: "–" if not _num(v) else f"{v:.{d}f}")
     if stats:
         cols["p1st"] = [f"{v:.0f}%" if _num(v) else "–" for v in board["rank_first_pct"]]
     if "tuning" in board.columns and (board["tuning"] != "default").any():  # only boards with a search
@@ -88,18 +100,16 @@ def display_frame(board: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(cols)
 
 
-def _shown_extras(board: pd.DataFrame) -> list[tuple[str, str]]:
+def _shown_extras(board: pd.DataFrame) -> list[Metric]:
     """The diffusion-aware columns some row of the board measured (non-zero somewhere)."""
     # a column that is 0 everywhere says nothing (e.g. stability without `evaluation.repeats`)
-    return [(k, name) for k, name in SHOWN_EXTRAS if f"{k}_mean" in board.columns and (board[f"{k}_mean"] > 0).any()]
+    return [m for m in _extras() if f"{m.name}_mean" in board.columns and (board[f"{m.name}_mean"] > 0).any()]
 
 
 def _extras_note(board: pd.DataFrame) -> str:
     if not _shown_extras(board):
         return ""
-    return ("; nsd: normalized surface Dice; ged: generalized energy distance (d = 1 − IoU); div: mean pairwise "
-            "1 − Dice of members; ece: expected calibration error (15 bins); stab: mean per-case std of Dice over "
-            "repeated sampling seeds (means over seeds)")
+    return "".join(f"; {m.header}: {m.note}" for m in _extras()) + " (means over seeds)"
 
 
 def footer(board: pd.DataFrame) -> str:
@@ -175,8 +185,8 @@ def latex(board: pd.DataFrame) -> str:
         part = part.sort_values("rank").reset_index(drop=True)
         labels = method_labels(part)
         unit = tex(part["hd95_unit"].iloc[0]) if "hd95_unit" in part and len(part) else ""
-        spec = [("Dice", "dice", True, 3), ("IoU", "iou", True, 3), (f"HD95 ({unit})", "hd95", False, 2),
-                ("Latency (ms)", "latency_ms", False, 1), ("NFE", "nfe", False, 0)]
+        spec = [(f"{m.label} ({unit})" if m.unit_column else m.label, m.name, not m.lower_is_better, m.digits)
+                for m in METRICS.values() if m.headline]
         bold = {key: _best(part[f"{key}_mean"], hi, d) for _, key, hi, d in spec}
         head = ["Rank", "Method", "Budget", *(h for h, *_ in spec)] + (["Group"] if stats else [])
         lines = [r"\begin{table}[htbp]", r"\centering",
@@ -191,10 +201,10 @@ def latex(board: pd.DataFrame) -> str:
             cells = [str(int(row["rank"])), tex(labels[i]), tex(row["budget"])]
             for _, key, _hi, d in spec:
                 v = row[f"{key}_mean"]
-                txt = "--" if not _num(v) else (f"{v:.{d}f}" if key != "nfe" else f"{v:g}")
+                txt = "--" if not _num(v) else (f"{v:.{d}f}" if d else f"{v:g}")
                 if i in bold[key]:
                     txt = rf"\textbf{{{txt}}}"
-                if stats and key in ("dice", "iou", "hd95") and _num(row.get(f"{key}_ci_low")):
+                if stats and METRICS[key].has_ci and _num(row.get(f"{key}_ci_low")):
                     txt += rf" {{\scriptsize[{row[f'{key}_ci_low']:.{d}f}, {row[f'{key}_ci_high']:.{d}f}]}}"
                 cells.append(txt)
             if stats:

@@ -11,17 +11,19 @@ import numpy as np
 import pandas as pd
 
 from segarena.platform.errors import SegarenaError
-from segarena.platform.scoring.aggregate import SUMMARY_METRICS, aggregate
-from segarena.platform.store.tracking import KIND_EVAL, KIND_TRAIN, PREFIX, STATUS_FINISHED, Tracker
+from segarena.platform.scoring.aggregate import aggregate
+from segarena.platform.scoring.catalog import METRICS, RANK_BY, names
+from segarena.platform.store.schema import KIND_EVAL, KIND_TRAIN, EvaluationRun, TrainingRun
+from segarena.platform.store.tracking import Tracker
 
-SCORES = ("dice", "iou", "hd95")
-COSTS = ("latency_ms", "nfe")
-EXTRAS = SUMMARY_METRICS  # NSD, GED, diversity, entropy, calibration, stability (per-case std of Dice over repeats)
 KEYS = ["suite", "dataset", "method", "variant", "profile", "budget"]
 
 
-def _tag(run, name: str) -> str | None:
-    return run.data.tags.get(PREFIX + name)
+def _metric_columns() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """The catalogue's board columns: recomputed from the per-case rows (Dice, IoU, HD95), the diffusion-aware
+    means where measured (NSD, GED, diversity, entropy, calibration, stability), and logged by the eval run
+    (latency_ms, nfe)."""
+    return names(aggregated=True, headline=True), names(aggregated=True, headline=False), names(aggregated=False)
 
 
 def seed_scores(tracker: Tracker, suite: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -35,39 +37,39 @@ def seed_scores(tracker: Tracker, suite: str | None = None) -> tuple[pd.DataFram
             known = ", ".join(sorted(e.name for e in tracker.experiments())) or "none"
             raise SegarenaError(f"no suite {suite!r} in the tracking store {tracker.uri} (suites: {known})")
     ids = [e.experiment_id for e in exps]
-    train_runs = tracker.runs(ids, KIND_TRAIN)
+    train_runs = [TrainingRun.from_mlflow(r) for r in tracker.runs(ids, KIND_TRAIN)]
     tuned = tracker.tuned_cells(ids)  # cells a finished search selected: "tuned (N trials, S s)"
-    finished_parents = {r.info.run_id for r in train_runs
-                        if r.info.status == "FINISHED" and _tag(r, "status") == STATUS_FINISHED}
-    finished_cells = {_tag(r, "cell") for r in train_runs if r.info.run_id in finished_parents}
+    finished_parents = {r.run_id for r in train_runs if r.finished}
+    finished_cells = {r.cell for r in train_runs if r.run_id in finished_parents}
     rows, seen = [], set()
+    summary, extras, costs = _metric_columns()
     evals = sorted(tracker.runs(ids, KIND_EVAL), key=lambda r: -r.info.start_time)
     for run in evals:
-        if _tag(run, "parent") not in finished_parents or run.info.status != "FINISHED":
+        ev = EvaluationRun.from_mlflow(run)
+        if ev.parent not in finished_parents or ev.state != "FINISHED":
             continue
-        if (_tag(run, "cell"), _tag(run, "budget")) in seen:
+        if (ev.cell, ev.budget) in seen:
             continue  # an older run of the same cell and budget
-        seen.add((_tag(run, "cell"), _tag(run, "budget")))
-        per_case = tracker.load_table(run.info.run_id)
+        seen.add((ev.cell, ev.budget))
+        per_case = tracker.load_table(ev.run_id)
         scores = aggregate(per_case)  # the same case-then-dataset means as the logged metrics
-        row = {k: _tag(run, k) or "" for k in KEYS} | {"seed": _tag(run, "seed")}
-        row.update({k: scores[k] for k in SCORES})
-        row.update({k: scores.get(k, np.nan) for k in EXTRAS})  # diffusion-aware means, where measured
-        row.update({k: run.data.metrics.get(k, np.nan) for k in COSTS})
+        row = {k: getattr(ev, k) for k in KEYS} | {"seed": ev.seed}
+        row.update({k: scores[k] for k in summary})
+        row.update({k: scores.get(k, np.nan) for k in extras})  # diffusion-aware means, where measured
+        row.update({k: run.data.metrics.get(k, np.nan) for k in costs})
         row["hd95_unit"] = per_case["hd95_unit"].iloc[0] if len(per_case) else ""
         row["n_cases"] = int(scores["n_cases"])
-        row["run_id"] = run.info.run_id
-        row["tuning"] = tuned.get(_tag(run, "cell") or "", "default")
+        row["run_id"] = ev.run_id
+        row["tuning"] = tuned.get(ev.cell, "default")
         rows.append(row)
     failures = []
-    for run in sorted(train_runs, key=lambda r: -r.info.start_time):
-        if run.info.status == "FAILED" and _tag(run, "cell") not in finished_cells:
-            failures.append({"suite": _tag(run, "suite"), "dataset": _tag(run, "dataset"),
-                             "method": _tag(run, "method"), "seed": _tag(run, "seed"),
-                             "error": _tag(run, "error") or "", "run_id": run.info.run_id, "cell": _tag(run, "cell")})
+    for r in sorted(train_runs, key=lambda r: -r.start_time):
+        if r.state == "FAILED" and r.cell not in finished_cells:
+            failures.append({"suite": r.suite, "dataset": r.dataset, "method": r.method, "seed": r.seed,
+                             "error": r.error, "run_id": r.run_id, "cell": r.cell})
     failed = pd.DataFrame(failures, columns=["suite", "dataset", "method", "seed", "error", "run_id", "cell"])
     failed = failed.drop_duplicates(["cell"]).drop(columns=["cell"])
-    return pd.DataFrame(rows, columns=[*KEYS, "seed", *SCORES, *EXTRAS, *COSTS, "hd95_unit", "n_cases", "run_id",
+    return pd.DataFrame(rows, columns=[*KEYS, "seed", *summary, *extras, *costs, "hd95_unit", "n_cases", "run_id",
                                        "tuning"]), failed
 
 
@@ -79,12 +81,14 @@ def leaderboard(tracker: Tracker, suite: str | None = None, statistics: bool = T
     if seeds.empty:
         board = pd.DataFrame(columns=["suite", "dataset", "rank", "method", "profile", "budget"])
         return board, failed
-    agg = {f"{k}_{s}": (k, s) for k in (*SCORES, *EXTRAS, *COSTS) for s in ("mean", "std")}
+    summary, extras, costs = _metric_columns()
+    agg = {f"{k}_{s}": (k, s) for k in (*summary, *extras, *costs) for s in ("mean", "std")}
     board = seeds.groupby(KEYS, dropna=False).agg(**agg, n_seeds=("seed", "nunique"), n_cases=("n_cases", "max"),
                                                   hd95_unit=("hd95_unit", "first"),
                                                   tuning=("tuning", "first")).reset_index()
-    board = board.fillna({f"{k}_std": 0.0 for k in (*SCORES, *COSTS)})
-    board = board.sort_values(["suite", "dataset", "dice_mean", "hd95_mean"], ascending=[True, True, False, True])
+    board = board.fillna({f"{k}_std": 0.0 for k in (*summary, *costs)})
+    board = board.sort_values(["suite", "dataset", *(f"{k}_mean" for k in RANK_BY)],
+                              ascending=[True, True, *(bool(METRICS[k].lower_is_better) for k in RANK_BY)])
     board.insert(2, "rank", board.groupby(["suite", "dataset"]).cumcount() + 1)
     if not failed.empty:
         counts = failed.groupby(["suite", "dataset", "method"]).size().rename("failed_seeds").reset_index()

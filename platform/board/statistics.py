@@ -18,11 +18,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from segarena.platform.scoring.catalog import METRICS, names
+
 KEYS = ["suite", "dataset", "method", "variant", "profile", "budget"]
 ROW_KEYS = KEYS[2:]  # a row within one suite × dataset
-CI_METRICS = ("dice", "iou", "hd95", "nsd", "ged", "ece")  # CIs for those present; other columns are ignored
-LOWER_IS_BETTER = frozenset({"hd95", "ece"})
-STAT_COLUMNS = ["dice_ci_low", "dice_ci_high", "iou_ci_low", "iou_ci_high", "hd95_ci_low", "hd95_ci_high",
+# Always on a board with statistics: the headline CIs, then the rank columns (extra CIs follow when measured)
+STAT_COLUMNS = [*(f"{m}_ci_{s}" for m in names(has_ci=True, headline=True) for s in ("low", "high")),
                 "p_vs_leader", "rank_group", "rank_first_pct", "rank_median", "rank_ci_low", "rank_ci_high",
                 "kendall_tau", "n_cases_paired", "run_ids"]
 
@@ -212,7 +213,7 @@ def dataset_statistics(board_part: pd.DataFrame, cases: pd.DataFrame, config: St
     rows["label"] = row_labels(rows)
     suite, dataset = str(part["suite"].iloc[0]), str(part["dataset"].iloc[0])
     index = pd.MultiIndex.from_frame(rows[ROW_KEYS])
-    metrics = [m for m in CI_METRICS if m in cases.columns and pd.api.types.is_numeric_dtype(cases[m])]
+    metrics = [m for m in names(has_ci=True) if m in cases.columns and pd.api.types.is_numeric_dtype(cases[m])]
     full = {m: score_matrix(cases, m).reindex(index) if len(cases) else pd.DataFrame(index=index)
             for m in metrics}
     dice_full = full.get("dice", pd.DataFrame(index=index))
@@ -220,51 +221,74 @@ def dataset_statistics(board_part: pd.DataFrame, cases: pd.DataFrame, config: St
     present = dice_full[has]
     paired = present.columns[present.notna().all(axis=0)]
     scores = {m: full[m][paired] for m in metrics}
-    extra = [f"{m}_ci_{s}" for m in metrics if m not in ("dice", "iou", "hd95") for s in ("low", "high")]
-    names = [*STAT_COLUMNS, *extra]
-    cols = pd.DataFrame(index=range(len(rows)), columns=names, dtype=object)
-    cols[[c for c in names if c != "run_ids"]] = np.nan
+    cols = _empty_columns(len(rows), metrics, cases, index)
     cols["n_cases_paired"] = len(paired)
+    labels = list(rows["label"])
+    ranking = _Ranking(pd.DataFrame(0.0, index=labels, columns=range(1, len(rows) + 1)),
+                       pd.DataFrame(np.nan, index=labels, columns=labels),
+                       pd.DataFrame(0, index=labels, columns=labels))
+    if has.any() and len(paired):
+        ranking.taus = _fill(cols, ranking, scores, np.flatnonzero(has), labels, config)
+    for c in ("rank_group", "n_cases_paired"):
+        cols[c] = pd.array(cols[c], dtype="Int64")
+    numeric = [c for c in cols.columns if c not in ("run_ids", "rank_group", "n_cases_paired")]
+    cols[numeric] = cols[numeric].astype(float)
+    return DatasetStats(suite, dataset, rows, scores, cols, ranking.counts, ranking.p, ranking.sign, ranking.taus,
+                        config)
+
+
+@dataclass
+class _Ranking:
+    """The rank and pairwise frames of one dataset, filled by ``_fill`` for the rows with cases."""
+
+    counts: pd.DataFrame
+    p: pd.DataFrame
+    sign: pd.DataFrame
+    taus: np.ndarray = field(default_factory=lambda: np.empty(0))
+
+
+def _empty_columns(n_rows: int, metrics: list[str], cases: pd.DataFrame, index: pd.MultiIndex) -> pd.DataFrame:
+    """The STAT_COLUMNS (and the measured extras' CIs) of each row: NaN, with the rows' eval run ids."""
+    extra = [f"{m}_ci_{s}" for m in metrics if not METRICS[m].headline for s in ("low", "high")]
+    columns = [*STAT_COLUMNS, *extra]
+    cols = pd.DataFrame(index=range(n_rows), columns=columns, dtype=object)
+    cols[[c for c in columns if c != "run_ids"]] = np.nan
     if len(cases) and "run_id" in cases:
         ids = cases.groupby(ROW_KEYS, dropna=False)["run_id"].agg(lambda s: ",".join(sorted(set(map(str, s)))))
         cols["run_ids"] = ids.reindex(index).fillna("").to_numpy()
     else:
         cols["run_ids"] = ""
-    k_ok = int(has.sum())
-    labels = list(rows["label"])
-    rank_counts = pd.DataFrame(0.0, index=labels, columns=range(1, len(rows) + 1))
-    pp = pd.DataFrame(np.nan, index=labels, columns=labels)
-    ps = pd.DataFrame(0, index=labels, columns=labels)
-    taus = np.empty(0)
-    if k_ok and len(paired):
-        ok = np.flatnonzero(has)
-        idx = bootstrap_indices(len(paired), config.n_resamples, config.seed)
-        boots = {m: bootstrap_means(scores[m].to_numpy(float)[ok], idx) for m in metrics}
-        for m, boot in boots.items():
-            lo, hi = percentile_ci(boot, config.confidence)
-            cols.loc[ok, f"{m}_ci_low"], cols.loc[ok, f"{m}_ci_high"] = lo, hi
-        dice = scores["dice"].to_numpy(float)[ok]
-        groups, p_leader = rank_groups(dice, config.alpha)
-        cols.loc[ok, "rank_group"], cols.loc[ok, "p_vs_leader"] = groups, p_leader
-        ranks = bootstrap_ranks(boots["dice"])
-        cols.loc[ok, "rank_first_pct"] = 100.0 * (ranks == 1).mean(axis=1)
-        cols.loc[ok, "rank_median"] = np.median(ranks, axis=1)
-        a = (1 - config.confidence) / 2
-        rlo, rhi = np.quantile(ranks, [a, 1 - a], axis=1)
-        cols.loc[ok, "rank_ci_low"], cols.loc[ok, "rank_ci_high"] = rlo, rhi
-        taus = kendall_tau_b(np.arange(1, k_ok + 1), ranks)
-        cols.loc[ok, "kendall_tau"] = float(np.nanmean(taus)) if np.isfinite(taus).any() else np.nan
-        ok_labels = [labels[i] for i in ok]
-        for r in range(1, k_ok + 1):
-            rank_counts.loc[ok_labels, r] = (ranks == r).mean(axis=1)
-        p, sign = pairwise(dice)
-        pp.loc[ok_labels, ok_labels] = p
-        ps.loc[ok_labels, ok_labels] = sign
-    for c in ("rank_group", "n_cases_paired"):
-        cols[c] = pd.array(cols[c], dtype="Int64")
-    numeric = [c for c in names if c not in ("run_ids", "rank_group", "n_cases_paired")]
-    cols[numeric] = cols[numeric].astype(float)
-    return DatasetStats(suite, dataset, rows, scores, cols, rank_counts, pp, ps, taus, config)
+    return cols
+
+
+def _fill(cols: pd.DataFrame, ranking: _Ranking, scores: dict[str, pd.DataFrame], ok: np.ndarray,
+          labels: list[str], config: StatsConfig) -> np.ndarray:
+    """CIs, rank groups, bootstrap ranks and pairwise tests of the rows ``ok`` (those with cases), written
+    into ``cols`` and ``ranking``; returns Kendall's τ-b per bootstrap sample."""
+    k_ok = len(ok)
+    idx = bootstrap_indices(scores["dice"].shape[1], config.n_resamples, config.seed)
+    boots = {m: bootstrap_means(s.to_numpy(float)[ok], idx) for m, s in scores.items()}
+    for m, boot in boots.items():
+        lo, hi = percentile_ci(boot, config.confidence)
+        cols.loc[ok, f"{m}_ci_low"], cols.loc[ok, f"{m}_ci_high"] = lo, hi
+    dice = scores["dice"].to_numpy(float)[ok]
+    groups, p_leader = rank_groups(dice, config.alpha)
+    cols.loc[ok, "rank_group"], cols.loc[ok, "p_vs_leader"] = groups, p_leader
+    ranks = bootstrap_ranks(boots["dice"])
+    cols.loc[ok, "rank_first_pct"] = 100.0 * (ranks == 1).mean(axis=1)
+    cols.loc[ok, "rank_median"] = np.median(ranks, axis=1)
+    a = (1 - config.confidence) / 2
+    rlo, rhi = np.quantile(ranks, [a, 1 - a], axis=1)
+    cols.loc[ok, "rank_ci_low"], cols.loc[ok, "rank_ci_high"] = rlo, rhi
+    taus = kendall_tau_b(np.arange(1, k_ok + 1), ranks)
+    cols.loc[ok, "kendall_tau"] = float(np.nanmean(taus)) if np.isfinite(taus).any() else np.nan
+    ok_labels = [labels[i] for i in ok]
+    for r in range(1, k_ok + 1):
+        ranking.counts.loc[ok_labels, r] = (ranks == r).mean(axis=1)
+    p, sign = pairwise(dice)
+    ranking.p.loc[ok_labels, ok_labels] = p
+    ranking.sign.loc[ok_labels, ok_labels] = sign
+    return taus
 
 
 def board_statistics(board: pd.DataFrame, cases: pd.DataFrame, config: StatsConfig = StatsConfig()

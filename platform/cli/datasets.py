@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from segarena.platform.cli.flags import workdir_arg
 from segarena.platform.cli.table import terminal_width, wrap_field, wrap_table
 from segarena.platform.paths import DEFAULT_WORKDIR
+from segarena.platform.store.workdir import WorkDir
 
 if TYPE_CHECKING:
     from segarena.platform.dataset import DatasetPlugin
@@ -59,7 +60,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _cache_dir(args: argparse.Namespace) -> Path:
-    return Path(getattr(args, "workdir", None) or DEFAULT_WORKDIR) / "cache"  # the runner's cache
+    return WorkDir(Path(getattr(args, "workdir", None) or DEFAULT_WORKDIR)).cache  # the runner's cache
 
 
 def _registry(args: argparse.Namespace):

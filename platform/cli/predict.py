@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from segarena.platform.cli.flags import plugins_arg, store_args
 
@@ -94,51 +95,48 @@ def _budget_of(run: Any) -> Any:
     return Budget(steps=int(p["budget.steps"]), ensemble=int(p["budget.ensemble"]), sampler=p["budget.sampler"])
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
+class _Chosen(NamedTuple):
+    """The stored evaluation a prediction reproduces: its training run, its run, its budget."""
 
-    from segarena.platform.cli.flags import tracker as _tracker
+    train: Any
+    evaluation: Any
+    name: str
+    budget: Any
+    members_from: Any
+
+
+def _choose(tracker: Any, run_id: str, budget_name: str | None) -> _Chosen:
+    """The training behind ``run_id`` (a training or an evaluation run) and its newest finished evaluation at
+    ``budget_name`` (default: the evaluation run's own budget, else the training's best)."""
     from segarena.platform.errors import SegarenaError
-    from segarena.platform.plugins.registry import discover
-    from segarena.platform.plugins.weights import load_model
-    from segarena.platform.scoring.evaluation import predict_as_evaluated
-    from segarena.platform.scoring.mask_files import write_masks
-    from segarena.platform.store.tracking import KIND_EVAL, PREFIX, STATUS_FINISHED
-    from segarena.platform.store.workdir import WorkDir
+    from segarena.platform.store.schema import KIND_EVAL, STATUS_FINISHED, Tag
 
-    tracker = _tracker(args)
     try:
-        run = tracker.client.get_run(args.run_id)
+        run = tracker.client.get_run(run_id)
     except Exception as exc:
-        raise SegarenaError(f"no run {args.run_id!r} in {tracker.uri}") from exc
+        raise SegarenaError(f"no run {run_id!r} in {tracker.uri}") from exc
     tags = run.data.tags
-    train_id = tags.get(f"{PREFIX}parent") if tags.get(f"{PREFIX}kind") == KIND_EVAL else args.run_id
+    train_id = tags.get(Tag.PARENT) if tags.get(Tag.KIND) == KIND_EVAL else run_id
     train = tracker.client.get_run(train_id)
-    if train.data.tags.get(f"{PREFIX}status") != STATUS_FINISHED:
+    if train.data.tags.get(Tag.STATUS) != STATUS_FINISHED:
         raise SegarenaError(f"run {train_id}: its training is not finished (status {train.info.status})")
-    evals = {r.data.tags.get(f"{PREFIX}budget"): r
+    evals = {r.data.tags.get(Tag.BUDGET): r
              for r in sorted(tracker.runs([train.info.experiment_id], KIND_EVAL), key=lambda r: r.info.start_time)
-             if r.data.tags.get(f"{PREFIX}parent") == train_id
-             and r.data.tags.get(f"{PREFIX}status") == STATUS_FINISHED}  # the newest evaluation of each budget
-    name = args.budget or (tags.get(f"{PREFIX}budget") if train_id != args.run_id else None) \
-        or train.data.tags.get(f"{PREFIX}best_budget")
+             if r.data.tags.get(Tag.PARENT) == train_id
+             and r.data.tags.get(Tag.STATUS) == STATUS_FINISHED}  # the newest evaluation of each budget
+    name = budget_name or (tags.get(Tag.BUDGET) if train_id != run_id else None) \
+        or train.data.tags.get(Tag.BEST_BUDGET)
     if name not in evals:
         raise SegarenaError(f"run {train_id}: no finished evaluation at budget {name!r} "
                             f"(evaluated: {', '.join(sorted(k for k in evals if k)) or 'none'})")
     ev = evals[name]
-    budget = _budget_of(ev)
-    source = ev.data.tags.get(f"{PREFIX}members_from")
+    source = ev.data.tags.get(Tag.MEMBERS_FROM)
     members_from = _budget_of(evals[source]) if source and source != name and source in evals else None
-    wd = WorkDir.at(args.workdir)
-    weights = tracker.fetch(train_id, "model", wd.model_dir(train_id))
-    method = load_model(weights, discover(args.plugins), torch.device("cpu"))
-    task = method.task
-    names, arrays, fmt = _images(Path(args.input), task.in_channels, tuple(task.image_size))
-    images = torch.from_numpy(np.stack(arrays))
-    seed = int(train.data.tags.get(f"{PREFIX}seed", 0))
-    batch = int(ev.data.params.get("evaluation.batch_size", 8))
-    n_batches = -(-len(images) // batch)
+    return _Chosen(train, ev, name, _budget_of(ev), members_from)
+
+
+def _ticker(n_batches: int) -> Callable[[], None]:
+    """A progress bar on a terminal, nothing in a pipe."""
     done = [0]
 
     def tick() -> None:
@@ -148,11 +146,37 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"\rpredicting [{'#' * filled}{'.' * (30 - filled)}] {done[0]}/{n_batches} batches", end="",
                   flush=True)
 
-    masks = predict_as_evaluated(method, images, budget, seed, batch, members_from=members_from, on_batch=tick)
+    return tick
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from segarena.platform.cli.flags import tracker as _tracker
+    from segarena.platform.plugins.registry import discover
+    from segarena.platform.plugins.weights import load_model
+    from segarena.platform.scoring.mask_files import write_masks
+    from segarena.platform.scoring.sampling import predict_as_evaluated
+    from segarena.platform.store.schema import Tag
+    from segarena.platform.store.workdir import WorkDir
+
+    tracker = _tracker(args)
+    chosen = _choose(tracker, args.run_id, args.budget)
+    train_id, budget = chosen.train.info.run_id, chosen.budget
+    weights = tracker.fetch(train_id, "model", WorkDir.at(args.workdir).model_dir(train_id))
+    method = load_model(weights, discover(args.plugins), torch.device("cpu"))
+    task = method.task
+    names, arrays, fmt = _images(Path(args.input), task.in_channels, tuple(task.image_size))
+    images = torch.from_numpy(np.stack(arrays))
+    seed = int(chosen.train.data.tags.get(Tag.SEED, 0))
+    batch = int(chosen.evaluation.data.params.get("evaluation.batch_size", 8))
+    masks = predict_as_evaluated(method, images, budget, seed, batch, members_from=chosen.members_from,
+                                 on_batch=_ticker(-(-len(images) // batch)))
     if sys.stdout.isatty():
         print()
     written = write_masks(masks, names, args.output, args.format or fmt, class_names=list(task.class_names) or None,
                           spacing=task.spacing)
-    print(f"predicted {len(names)} image(s) with {train.data.tags.get(f'{PREFIX}method')} at {name} "
+    print(f"predicted {len(names)} image(s) with {chosen.train.data.tags.get(Tag.METHOD)} at {chosen.name} "
           f"(nfe {budget.nfe}, seed {seed}) → {len(written)} mask file(s) in {args.output}")
     return 0

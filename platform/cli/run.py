@@ -24,7 +24,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     store = tracker(args)
     board, failed = leaderboard(store, summary.suite)
     print(render(board, failed, "table"))
-    from segarena.platform.run.search.core import search_summary
+    from segarena.platform.run.search.stage import search_summary
 
     searched = search_summary(store, summary.experiment_id)
     if searched:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import math
 import socket
 import threading
 import time
@@ -21,10 +20,12 @@ from segarena.platform.errors import SegarenaError
 from segarena.platform.plugins.registry import discover, plugin_folders
 from segarena.platform.records import Cell, Job, Settings
 from segarena.platform.run.cell_data import load_cell_data
+from segarena.platform.run.concurrency import plan_concurrency
 from segarena.platform.run.fingerprint import git_sha
-from segarena.platform.run.search.core import run_searches
-from segarena.platform.spec.suite import expand, load_suite
+from segarena.platform.run.search.stage import run_searches
+from segarena.platform.spec.suite import Resources, expand, load_suite
 from segarena.platform.store.preflight import check_run
+from segarena.platform.store.schema import Tag
 from segarena.platform.store.tracking import CRASHED_ERROR, INTERRUPTED_ERROR, Tracker
 from segarena.platform.store.workdir import WorkDir
 
@@ -44,21 +45,6 @@ class RunSummary:
     interrupted: bool = False
     ray_start_s: float = 0.0
     wall_s: float = 0.0
-
-
-def plan_concurrency(cluster_cpus: float, cluster_gpus: float, res: dict, n_cells: int) -> int:
-    """How many trials fit at once: each holds workers × (CPUs, GPUs) per worker."""
-    need_cpu = res["workers_per_trial"] * res["cpus_per_worker"]
-    fits = math.floor(cluster_cpus / need_cpu + 1e-9)
-    if res["gpus_per_worker"]:
-        fits = min(fits, math.floor(cluster_gpus / (res["workers_per_trial"] * res["gpus_per_worker"]) + 1e-9))
-    if fits < 1:
-        raise SegarenaError(f"a trial needs {need_cpu} CPUs and {res['gpus_per_worker']} GPUs per worker × "
-                            f"{res['workers_per_trial']} workers, but the cluster has {cluster_cpus} CPUs and "
-                            f"{cluster_gpus} GPUs: lower resources.* in the suite")
-    if res.get("max_concurrent_trials"):
-        fits = min(fits, res["max_concurrent_trials"])
-    return max(1, min(fits, n_cells))
 
 
 def run_suite(suite: str | Path, workdir: str | Path = "segarena-runs", *, address: str | None = None,
@@ -114,11 +100,10 @@ def plan_jobs(cells: list[Cell], trainings: dict[str, str], evaluations: set[tup
     jobs, skipped = [], []
     for cell in cells:
         run_id = trainings.get(cell.key)
-        budgets = cell.budget_objects()
         if run_id is None:
-            jobs.append(Job("train", cell, tuple(budgets), settings))
+            jobs.append(Job("train", cell, cell.budgets, settings))
             continue
-        missing = tuple(b for b in budgets if (run_id, cell.eval_key(b)) not in evaluations)
+        missing = tuple(b for b in cell.budgets if (run_id, cell.eval_key(b)) not in evaluations)
         if missing:
             jobs.append(Job("evaluate", cell, missing, settings, train_run_id=run_id))
         else:
@@ -135,13 +120,13 @@ class _Lease:
         self.tracker, self.exp_id, self.driver, self.every_s = tracker, exp_id, driver, every_s
         self.run_id = tracker.start_driver(exp_id, suite, driver, socket.gethostname())
         live = tracker.live_drivers(exp_id)  # oldest first
-        mine = next((i for i, r in enumerate(live) if r.data.tags.get("segarena.driver") == driver), len(live))
+        mine = next((i for i, r in enumerate(live) if r.data.tags.get(Tag.DRIVER) == driver), len(live))
         others = live[:mine]  # the oldest lease wins: of two drivers started together exactly one goes on
         if others:
             tracker.stop_driver(self.run_id)
             o = others[0]
-            raise SegarenaError(f"suite {suite!r} is already running: driver {o.data.tags.get('segarena.driver')} on "
-                                f"{o.data.tags.get('segarena.host')} holds it in {tracker.uri}; wait for it or stop it")
+            raise SegarenaError(f"suite {suite!r} is already running: driver {o.data.tags.get(Tag.DRIVER)} on "
+                                f"{o.data.tags.get(Tag.HOST)} holds it in {tracker.uri}; wait for it or stop it")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True, name="segarena-lease")
         self._thread.start()
@@ -205,7 +190,7 @@ def _run_leased(spec, path: Path, cells: list[Cell], wd: WorkDir, tracker: Track
         echo(f"  {cell.label}: skipped (finished)")
     if jobs:
         keeper = _Keeper(tracker, wd, settings)
-        summary.ray_start_s, progress = _run_jobs(jobs, spec.resources.model_dump(), address, verbose, echo, keeper)
+        summary.ray_start_s, progress = _run_jobs(jobs, spec.resources, address, verbose, echo, keeper)
         summary.failures, summary.eta_samples = progress.failures, progress.eta_samples
         summary.ran = len(jobs)
         summary.interrupted = progress.done + progress.failed < len(jobs)
@@ -224,12 +209,12 @@ def _count_finished(tracker: Tracker, exp_id: str, driver: str, kind: str) -> in
     from segarena.platform.store.tracking import KIND_EVAL, KIND_TRAIN, STATUS_FINISHED
 
     mine = [r for r in tracker.runs([exp_id], KIND_TRAIN if kind == "train" else KIND_EVAL)
-            if r.data.tags.get("segarena.driver") == driver and r.data.tags.get("segarena.status") == STATUS_FINISHED]
+            if r.data.tags.get(Tag.DRIVER) == driver and r.data.tags.get(Tag.STATUS) == STATUS_FINISHED]
     if kind == "train":
         return len(mine)
     trained_here = {r.info.run_id for r in tracker.runs([exp_id], KIND_TRAIN)
-                    if r.data.tags.get("segarena.driver") == driver}
-    return len({r.data.tags.get("segarena.parent") for r in mine} - trained_here)
+                    if r.data.tags.get(Tag.DRIVER) == driver}
+    return len({r.data.tags.get(Tag.PARENT) for r in mine} - trained_here)
 
 
 class _Keeper:
@@ -260,14 +245,15 @@ def _keeper_callback(keeper: _Keeper) -> Any:
     return KeeperCallback()
 
 
-def _run_jobs(jobs: list[Job], res: dict, address: str | None, verbose: bool, echo: Callable[[str], None],
+def _run_jobs(jobs: list[Job], res: Resources, address: str | None, verbose: bool, echo: Callable[[str], None],
               keeper: _Keeper) -> tuple[float, Any]:
     import logging
 
     from ray import tune
 
     from segarena.platform.run.cluster import check_shared_storage, connect
-    from segarena.platform.run.progress import Progress, default_eta_prior
+    from segarena.platform.run.eta import default_eta_prior
+    from segarena.platform.run.progress import Progress
     from segarena.platform.run.trainable import job_resources, run_job
 
     settings = jobs[0].settings
@@ -283,7 +269,7 @@ def _run_jobs(jobs: list[Job], res: dict, address: str | None, verbose: bool, ec
         cluster = ray.cluster_resources()
         concurrency = plan_concurrency(cluster.get("CPU", 0), cluster.get("GPU", 0), res, len(jobs))
         echo(f"ray: {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs · {concurrency} cell(s) at a "
-             f"time · {res['workers_per_trial']} worker(s) × {res['cpus_per_worker']:g} CPU per cell"
+             f"time · {res.workers_per_trial} worker(s) × {res.cpus_per_worker:g} CPU per cell"
              + (f" · ray started in {handle.start_s:.1f}s" if handle.started_here else "")
              + (f" · dashboard {handle.dashboard_url}" if handle.started_here and handle.dashboard_url else ""))
         wires = [j.to_wire() for j in jobs]

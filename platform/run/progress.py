@@ -1,11 +1,5 @@
 """What a person sees while a suite runs: cells done/total, each running cell's epoch and headline
-loss, elapsed time and an ETA that comes from the work left, not from averaging finished cells.
-
-The ETA model: a cell's remaining time = (planned steps − steps done) × the observed seconds per
-step *of its method* + the observed evaluation-and-logging tail of its method (+ the observed
-worker start-up for cells that have not reported yet). Cells are then laid on ``concurrency``
-slots in launch order, as Tune schedules them; the ETA is when the last slot frees. Every
-``phase: train`` result (``train/steps`` steps in ``epoch_s`` seconds) refines it.
+loss, elapsed time and an ETA that comes from the work left (the model: run/eta.py).
 
 On a terminal, one pinned, updating line per running cell; in a pipe or log, plain lines only
 (no cursor movement, no colour).
@@ -13,22 +7,20 @@ On a terminal, one pinned, updating line per running cell; in a pipe or log, pla
 
 from __future__ import annotations
 
-import heapq
 import json
 import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TextIO
+from typing import Any, TextIO
 
 from ray.tune import Callback
 
 from segarena.platform.log import use_colour
+from segarena.platform.run import reports as R
+from segarena.platform.run.eta import CellState, EtaModel, JobInfo, schedule_end
 
-STAGE_KEY = "train/stage"
-NOT_LOSSES = ("train/steps", STAGE_KEY)
-RECENT = 20  # epochs of a method the step time is averaged over (recent load matters more)
+NOT_LOSSES = (R.TRAIN_STEPS, R.TRAIN_STAGE)
 
 
 def _fmt(seconds: float) -> str:
@@ -37,28 +29,10 @@ def _fmt(seconds: float) -> str:
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
 
 
-class JobInfo(NamedTuple):
-    label: str
-    method: str
-    planned_steps: int  # 0 when the suite leaves steps_per_epoch open (learned from the first epoch)
-    epochs: int
-
-
-def default_eta_prior() -> dict[str, Any]:
-    """Step costs of the built-in methods measured on a 2-core CPU (``eta_prior.json`` beside this file):
-    the first ETA of a fresh work dir, replaced by each method's own first epoch here."""
-    import json
-    from pathlib import Path
-
-    data = json.loads((Path(__file__).with_name("eta_prior.json")).read_text())
-    return {k: v for k, v in data.items() if not k.startswith("_")}
-
-
 def job_info(config: dict[str, Any]) -> JobInfo:
-    """The display facts of a trial, from ``config["job"]`` (a job record's wire dict), the older
-    ``config["cell"]`` (a cell dict) or such a dict itself: all carry method, dataset, seed, epochs,
-    steps_per_epoch (a job also ``kind``: ``evaluate`` jobs train nothing)."""
-    d = config.get("job") or config.get("cell") or config
+    """The display facts of a trial, from ``config["job"]`` (``Job.to_wire()``: method, dataset, seed,
+    epochs, steps_per_epoch and ``kind``; ``evaluate`` jobs train nothing)."""
+    d = config["job"]
     method = str(d.get("method", "?"))
     label = f"{method} × {d.get('dataset', '?')} · seed {d.get('seed', '?')}"
     if d.get("kind") == "evaluate":
@@ -70,136 +44,13 @@ def job_info(config: dict[str, Any]) -> JobInfo:
 def headline_key(result: dict[str, Any]) -> str | None:
     """The loss to show: the plugin's ``headline_loss`` (passed by the trial as ``headline``), else
     the first ``train/*`` float that is not a step count or a stage number."""
-    named = result.get("headline")
+    named = result.get(R.HEADLINE)
     if isinstance(named, str) and named:
-        key = named if named.startswith("train/") else f"train/{named}"
+        key = named if named.startswith(R.TRAIN) else f"{R.TRAIN}{named}"
         if isinstance(result.get(key), float | int):
             return key
-    return next((k for k, v in result.items() if k.startswith("train/") and k not in NOT_LOSSES
+    return next((k for k, v in result.items() if k.startswith(R.TRAIN) and k not in NOT_LOSSES
                  and isinstance(v, float)), None)
-
-
-@dataclass
-class CellState:
-    """One running cell as the callback has seen it."""
-
-    info: JobInfo
-    started_at: float
-    epoch: int = -1  # last finished epoch (0-based), -1 before the first result
-    steps_per_epoch: float = 0.0
-    last_result_at: float | None = None
-    trained_until: float | None = None  # time of the last train result
-    evaluated: bool = False
-    loss: str = ""
-    stage: int | None = None
-    val: float | None = None
-
-    def planned(self, fallback_steps_per_epoch: float | None) -> float | None:
-        if self.info.planned_steps:
-            return float(self.info.planned_steps)
-        spe = self.steps_per_epoch or fallback_steps_per_epoch
-        return self.info.epochs * spe if spe else None
-
-    def steps_done(self) -> float:
-        spe = self.steps_per_epoch or (self.info.planned_steps / self.info.epochs if self.info.epochs else 0.0)
-        return (self.epoch + 1) * spe
-
-
-@dataclass
-class EtaModel:
-    """Observed costs: seconds per training step per method, worker start-up, evaluation tail."""
-
-    step_obs: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # method → (seconds, steps)
-    spe_obs: dict[str, list[float]] = field(default_factory=dict)  # method → steps per epoch seen
-    startup_obs: list[float] = field(default_factory=list)
-    tail_obs: dict[str, list[float]] = field(default_factory=dict)  # method → last epoch → finished
-    eval_job_obs: dict[str, list[float]] = field(default_factory=dict)  # method → whole evaluate-only trial
-    prior: dict[str, Any] = field(default_factory=dict)  # costs of an earlier run, used until observed here
-
-    def costs(self) -> dict[str, Any]:
-        """What this run measured, as plain data: save it, and pass it as ``prior`` to the next run."""
-        methods = set(self.step_obs) | set(self.tail_obs)
-        return {"step_s": {m: self.step_time(m) for m in methods if self.step_obs.get(m)},
-                "steps_per_epoch": {m: self.steps_per_epoch(m) for m in self.spe_obs},
-                "tail_s": {m: self._mean_of(self.tail_obs, m) for m in self.tail_obs},
-                "startup_s": self.startup() if self.startup_obs else None}
-
-    def observe_epoch(self, method: str, seconds: float, steps: float) -> None:
-        if steps > 0 and seconds >= 0:
-            self.step_obs.setdefault(method, []).append((seconds, steps))
-            self.spe_obs.setdefault(method, []).append(steps)
-
-    def step_time(self, method: str) -> float | None:
-        obs = self.step_obs.get(method, [])[-RECENT:]
-        if not obs and method in self.prior.get("step_s", {}):
-            return float(self.prior["step_s"][method])
-        if not obs:  # a method not seen yet: the mean over the methods seen (corrected at its first epoch)
-            per = [self.step_time(m) for m in self.step_obs if self.step_obs[m]]
-            return sum(per) / len(per) if per else None
-        return sum(s for s, _ in obs) / sum(n for _, n in obs)
-
-    def steps_per_epoch(self, method: str) -> float | None:
-        if not self.spe_obs.get(method) and method in self.prior.get("steps_per_epoch", {}):
-            return float(self.prior["steps_per_epoch"][method])
-        obs = self.spe_obs.get(method) or [s for v in self.spe_obs.values() for s in v]
-        return sorted(obs)[len(obs) // 2] if obs else None
-
-    def startup(self) -> float:
-        if self.startup_obs:
-            return sum(self.startup_obs) / len(self.startup_obs)
-        return float(self.prior.get("startup_s") or 0.0)
-
-    @staticmethod
-    def _mean_of(table: dict[str, list[float]], method: str) -> float | None:
-        obs = table.get(method) or [t for v in table.values() for t in v]
-        return sum(obs) / len(obs) if obs else None
-
-    def tail(self, method: str) -> float:
-        if not self.tail_obs.get(method) and method in self.prior.get("tail_s", {}):
-            return float(self.prior["tail_s"][method])
-        return self._mean_of(self.tail_obs, method) or 0.0
-
-    def cell_remaining(self, cell: CellState, now: float) -> float | None:
-        """Seconds until a running cell finishes; None while nothing has been observed at all."""
-        method = cell.info.method
-        if cell.info.epochs == 0:  # evaluate-only job
-            whole = self._mean_of(self.eval_job_obs, method)
-            whole = whole if whole is not None else self.startup() + self.tail(method)
-            return max(0.0, whole - (now - cell.started_at))
-        step = self.step_time(method)
-        planned = cell.planned(self.steps_per_epoch(method))
-        if step is None or planned is None:
-            return None
-        if cell.last_result_at is None:
-            before = max(0.0, self.startup() - (now - cell.started_at))
-            return before + planned * step + self.tail(method)
-        left_steps = max(0.0, planned - cell.steps_done())
-        since = now - cell.last_result_at
-        if left_steps > 0:
-            return max(0.0, left_steps * step - since) + self.tail(method)
-        return max(0.0, self.tail(method) - since)
-
-    def pending_cell(self, info: JobInfo) -> float | None:
-        """Seconds a cell not started yet will take, start-up included."""
-        if info.epochs == 0:
-            whole = self._mean_of(self.eval_job_obs, info.method)
-            return whole if whole is not None else self.startup() + self.tail(info.method)
-        step = self.step_time(info.method)
-        spe = self.steps_per_epoch(info.method)
-        planned = info.planned_steps or (info.epochs * spe if spe else None)
-        if step is None or planned is None:
-            return None
-        return self.startup() + planned * step + self.tail(info.method)
-
-
-def schedule_end(running: Sequence[float], pending: Sequence[float], concurrency: int) -> float:
-    """When the last cell ends if pending cells take the first free of ``concurrency`` slots in order."""
-    slots = sorted(running)
-    slots += [0.0] * max(0, concurrency - len(slots))
-    heapq.heapify(slots)
-    for p in pending:
-        heapq.heappush(slots, heapq.heappop(slots) + p)
-    return max(slots) if slots else 0.0
 
 
 class _LiveBlock:
@@ -237,7 +88,7 @@ class _LiveBlock:
 class Progress(Callback):
     """A Tune callback printing progress instead of Tune's status table.
 
-    ``plan``: the trial configs in launch order (``{"job": ...}`` or ``{"cell": ...}``), so cells not
+    ``plan``: the trial configs in launch order (``{"job": Job.to_wire()}``), so cells not
     started yet are estimated from their own method and length; without it they are estimated as
     the average cell. ``live``: pinned per-cell lines (default: when stdout is a terminal and
     ``echo`` is ``print``). ``prior``: ``progress.model.costs()`` of an earlier run on this machine
@@ -358,48 +209,48 @@ class Progress(Callback):
         if cell is None:  # a result from a trial we did not see start (restored): adopt it
             cell = self.cells[trial_id] = CellState(job_info(config), self.clock())
         now = self.clock()
-        status = result.get("cell_status")
-        if status in ("finished", "failed"):
+        status = result.get(R.CELL_STATUS)
+        if status in (R.FINISHED, R.FAILED):
             self.cells.pop(trial_id, None)
             if cell.trained_until is not None:
                 self.model.tail_obs.setdefault(cell.info.method, []).append(now - cell.trained_until)
-            elif status == "finished" and cell.info.epochs == 0:
+            elif status == R.FINISHED and cell.info.epochs == 0:
                 self.model.eval_job_obs.setdefault(cell.info.method, []).append(now - cell.started_at)
-            if status == "finished":
+            if status == R.FINISHED:
                 self.done += 1
                 self._line(self._paint("done  ", "32") + f" {cell.info.label} in {_fmt(now - cell.started_at)}")
             else:
                 self.failed += 1
-                self.failures.append((cell.info.label, str(result.get("error"))))
-                self._line(self._paint("FAILED", "31") + f" {cell.info.label}: {result.get('error')}")
-        elif result.get("phase") == "train":
+                self.failures.append((cell.info.label, str(result.get(R.ERROR))))
+                self._line(self._paint("FAILED", "31") + f" {cell.info.label}: {result.get(R.ERROR)}")
+        elif result.get(R.PHASE) == R.PHASE_TRAIN:
             self._train_result(cell, result, now)
-        elif result.get("phase") == "evaluated":
+        elif result.get(R.PHASE) == R.PHASE_EVALUATED:
             cell.evaluated, cell.last_result_at = True, now
             self._line(f"       {cell.info.label}: evaluated, logging", every_epoch=True)
             self._redraw()
 
     def _train_result(self, cell: CellState, result: dict[str, Any], now: float) -> None:
-        steps = float(result.get("train/steps") or 0.0)
+        steps = float(result.get(R.TRAIN_STEPS) or 0.0)
         since = now - (cell.last_result_at if cell.last_result_at is not None else cell.started_at)
-        epoch_s = float(result["epoch_s"]) if isinstance(result.get("epoch_s"), float | int) else since
+        epoch_s = float(result[R.EPOCH_S]) if isinstance(result.get(R.EPOCH_S), float | int) else since
         if cell.last_result_at is None:  # the first result: what came before the epoch was start-up
             self.model.startup_obs.append(max(0.0, since - epoch_s))
         self.model.observe_epoch(cell.info.method, epoch_s, steps)
         cell.steps_per_epoch = steps or cell.steps_per_epoch
-        cell.epoch = int(result.get("epoch", cell.epoch + 1))
+        cell.epoch = int(result.get(R.EPOCH, cell.epoch + 1))
         cell.last_result_at = cell.trained_until = now
         key = headline_key(result)
-        cell.loss = f" {key.removeprefix('train/')}={result[key]:.4g}" if key else ""
-        cell.val = float(result["val/dice"]) if isinstance(result.get("val/dice"), float | int) else cell.val
-        stage = result.get(STAGE_KEY)
+        cell.loss = f" {key.removeprefix(R.TRAIN)}={result[key]:.4g}" if key else ""
+        cell.val = float(result[R.VAL_DICE]) if isinstance(result.get(R.VAL_DICE), float | int) else cell.val
+        stage = result.get(R.TRAIN_STAGE)
         if isinstance(stage, float | int):
             now_stage = math.ceil(float(stage) - 1e-9)  # a mixed epoch averages to e.g. 1.4: stage 2 has begun
             if cell.stage is not None and now_stage != cell.stage:
                 self._line(f"note   {cell.info.label}: training stage {cell.stage} → {now_stage} "
                            f"in epoch {cell.epoch + 1}")
             cell.stage = now_stage
-        val = _val(cell.val) if "val/dice" in result else ""
+        val = _val(cell.val) if R.VAL_DICE in result else ""
         self._line(f"       {cell.info.label}: epoch {cell.epoch + 1}/{cell.info.epochs}{cell.loss}{val}",
                    every_epoch=True)
         self._redraw()
@@ -421,15 +272,6 @@ class Progress(Callback):
             self.live.close()
 
 
-def eta_errors(samples: Sequence[tuple[float, float | None]], end: float) -> list[float | None]:
-    """Per sample (elapsed, ETA): (ETA − true remaining) / true remaining, ``end`` = elapsed at the end."""
-    out: list[float | None] = []
-    for at, eta in samples:
-        true = end - at
-        out.append(None if eta is None or true <= 0 else (eta - true) / true)
-    return out
-
-
 def _bar(frac: float, width: int = 10) -> str:
     filled = round(max(0.0, min(1.0, frac)) * width)
     return "[" + "#" * filled + "." * (width - filled) + "]"
@@ -440,5 +282,4 @@ def _val(val: float | None) -> str:
 
 
 def _signature(config: dict[str, Any]) -> str:
-    d = config.get("job") or config.get("cell") or config
-    return json.dumps(d, sort_keys=True, default=str)
+    return json.dumps(config["job"], sort_keys=True, default=str)

@@ -24,10 +24,11 @@ import torch
 from segarena.platform.plugin import MethodPlugin, unwrap
 from segarena.platform.plugins.registry import discover
 from segarena.platform.plugins.weights import load_model, load_state, save_atomic, save_model
-from segarena.platform.records import Budget, BudgetResult, Cell, CellResult, Job, Timings
+from segarena.platform.records import BudgetResult, Cell, CellResult, Job, Timings
+from segarena.platform.run import reports
 from segarena.platform.run.cell_data import CellData, load_cell_data
 from segarena.platform.run.fingerprint import fingerprint
-from segarena.platform.scoring.evaluation import evaluate, quick_dice
+from segarena.platform.scoring.evaluation import BudgetEvaluation, evaluate, quick_dice
 
 CHECKPOINT_FILE = "checkpoint.pt"
 PREDICTIONS_DIR = "predictions"  # <budget>/predictions.npz, <budget>/overlays/*.png (scoring/predictions.py)
@@ -142,7 +143,7 @@ def train_epoch(method: MethodPlugin, data: tuple[torch.Tensor, torch.Tensor], c
             if not math.isfinite(v):
                 raise CellError(f"{ERROR_MARK} {cell.method} produced {k}={v} at epoch {epoch}, step {s}")
             sums[k] = sums.get(k, 0.0) + v
-    return {f"train/{k}": v / steps for k, v in sums.items()} | {"train/steps": float(steps)}
+    return {f"{reports.TRAIN}{k}": v / steps for k, v in sums.items()} | {reports.TRAIN_STEPS: float(steps)}
 
 
 def _augment(cell: Cell) -> Any:
@@ -161,9 +162,8 @@ def _device(name: str) -> torch.device:
     return ray.train.torch.get_device()
 
 
-def _budget_results(results: dict[str, dict[str, Any]]) -> list[BudgetResult]:
-    return [BudgetResult(Budget(**r["budget"]), dict(r["metrics"]), {k: str(v) for k, v in r.get("tags", {}).items()})
-            for r in results.values()]
+def _budget_results(results: dict[str, BudgetEvaluation]) -> list[BudgetResult]:
+    return [BudgetResult(r.budget, dict(r.metrics), r.tags()) for r in results.values()]
 
 
 def _open(job: Job) -> tuple[Any, CellData]:
@@ -221,21 +221,21 @@ def train_and_evaluate(job: Job, session: Session, out_dir: Path) -> CellResult 
         start, history = saved["epoch"] + 1, list(saved["history"])
     tensors = data.train_tensors()
     augment = _augment(cell)
-    cheapest = min(job.budgets or cell.budget_objects(), key=lambda b: b.nfe)
+    cheapest = min(job.budgets or cell.budgets, key=lambda b: b.nfe)
     ev = cell.evaluation
-    val_cases = data.cases("val")[: ev["val_cases"]]
+    val_cases = data.cases("val")[: ev.val_cases]
     timings = Timings(started_at=t_start, setup_s=time.time() - t_start)
     headline = getattr(method, "headline_loss", None) or ""
     for epoch in range(start, cell.epochs):
         t0 = time.time()
-        metrics: dict[str, Any] = {"epoch": epoch, **train_epoch(method, tensors, cell, epoch, rank, world, device,
-                                                                 augment)}
-        if rank == 0 and val_cases and ev["val_every"] and (epoch + 1) % ev["val_every"] == 0:
+        metrics: dict[str, Any] = {reports.EPOCH: epoch, **train_epoch(method, tensors, cell, epoch, rank, world,
+                                                                       device, augment)}
+        if rank == 0 and val_cases and ev.val_every and (epoch + 1) % ev.val_every == 0:
             with bare_modules(method) as bare:
-                metrics["val/dice"] = quick_dice(bare, val_cases, cheapest, data.task, device, cell.seed,
-                                                 ev["batch_size"])
-        metrics["epoch_s"] = time.time() - t0
-        timings.train_compute_s += metrics["epoch_s"]
+                metrics[reports.VAL_DICE] = quick_dice(bare, val_cases, cheapest, data.task, device, cell.seed,
+                                                       ev.batch_size)
+        metrics[reports.EPOCH_S] = time.time() - t0
+        timings.train_compute_s += metrics[reports.EPOCH_S]
         history.append(dict(metrics))
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
@@ -243,7 +243,7 @@ def train_and_evaluate(job: Job, session: Session, out_dir: Path) -> CellResult 
                 save_atomic({"state": method.state_dict(), "epoch": epoch, "history": history},
                             Path(tmp) / CHECKPOINT_FILE)
                 ckpt = Path(tmp)
-            session.report({**metrics, "phase": "train", "headline": headline}, ckpt)
+            session.report({**metrics, reports.PHASE: reports.PHASE_TRAIN, reports.HEADLINE: headline}, ckpt)
     if rank != 0:
         return None
     with bare_modules(method) as bare:
@@ -271,4 +271,5 @@ def train_cell(config: dict[str, Any]) -> None:
         result = guarded(train_and_evaluate, job, session, Path(tmp))
         if result is not None:
             result.save(tmp)
-        session.report({"epoch": job.cell.epochs, "phase": "evaluated"}, Path(tmp) if result is not None else None)
+        session.report({reports.EPOCH: job.cell.epochs, reports.PHASE: reports.PHASE_EVALUATED},
+                       Path(tmp) if result is not None else None)

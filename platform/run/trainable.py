@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from segarena.platform.records import CellResult, Job
+from segarena.platform.run import reports
 from segarena.platform.run.train_loop import (
     ERROR_MARK,
     TrialSession,
@@ -20,7 +21,8 @@ from segarena.platform.run.train_loop import (
     train_and_evaluate,
     train_cell,
 )
-from segarena.platform.store.tracking import PREFIX, Tracker, cell_tags
+from segarena.platform.store.schema import Tag, harness_tag
+from segarena.platform.store.tracking import Tracker, cell_tags
 from segarena.platform.store.workdir import WorkDir
 
 
@@ -83,7 +85,7 @@ def run_job(config: dict[str, Any]) -> None:
     workdir = WorkDir(Path(s.workdir))
     tracker = Tracker(s.tracking_uri, workdir)
     if timed_out_before(job, workdir):  # Tune retried a trial the watchdog ended: it stays failed
-        tune.report({"cell_status": "failed", "action": job.kind, "error": timeout_message(s.cell_timeout_s or 0)})
+        tune.report(reports.cell_end(job.kind, timeout_message(s.cell_timeout_s or 0)))
         return
     timer = _watchdog(job, tracker, workdir)
     try:
@@ -97,7 +99,7 @@ def _run(job: Job, tracker: Tracker, workdir: WorkDir, t0: float) -> None:
     from ray import tune
 
     s, cell = job.settings, job.cell
-    tags = {**cell_tags(cell, s.segarena_version, s.git_sha), f"{PREFIX}driver": s.driver}
+    tags = {**cell_tags(cell, s.segarena_version, s.git_sha), Tag.DRIVER: s.driver}
     if job.kind == "evaluate":
         try:
             weights = tracker.fetch(job.train_run_id, "model", workdir.model_dir(job.train_run_id))
@@ -106,12 +108,12 @@ def _run(job: Job, tracker: Tracker, workdir: WorkDir, t0: float) -> None:
                 tracker.log_evaluations(s.experiment_id, job.train_run_id, cell, tags, result.budgets,
                                         result.per_case, result.fingerprint, result.predictions)
         except Exception as exc:  # the stored training stays FINISHED; these budgets are retried next run
-            tune.report({"cell_status": "failed", "action": "evaluate", "error": error_line(exc)})
+            tune.report(reports.cell_end(job.kind, error_line(exc)))
             return
-        tune.report({"cell_status": "finished", "action": "evaluate", "harness/cell_wall_s": time.time() - t0})
+        tune.report(reports.cell_end(job.kind, metrics=reports.harness({"cell_wall_s": time.time() - t0})))
         return
     tracker.mark_retried(s.experiment_id, cell.key, s.driver)
-    run_id = tracker.start_training(s.experiment_id, cell, tags)
+    run_id = tracker.start_training(s.experiment_id, cell, tags, headline_loss=_headline_loss(job))
     try:
         with tempfile.TemporaryDirectory() as tmp:
             if job.in_trial:
@@ -125,10 +127,21 @@ def _run(job: Job, tracker: Tracker, workdir: WorkDir, t0: float) -> None:
     except Exception as exc:  # recorded as the cell's failure; the other cells go on
         message = error_line(exc)
         tracker.fail_run(run_id, message)
-        tune.report({"cell_status": "failed", "action": "train", "error": message})
+        tune.report(reports.cell_end(job.kind, message))
         return
     workdir.clear_cell_checkpoint(cell)
-    tune.report({"cell_status": "finished", "action": "train", **harness})
+    tune.report(reports.cell_end(job.kind, metrics=harness))
+
+
+def _headline_loss(job: Job) -> str | None:
+    """The plugin's ``headline_loss``, tagged on its training run for the report; None when the plugin does not
+    load here (its training then records why)."""
+    from segarena.platform.plugins.registry import discover
+
+    try:
+        return discover(job.settings.plugin_dirs, use_env=False).method(job.cell.method).headline_loss
+    except Exception:
+        return None
 
 
 def _trainer(job: Job, workdir: WorkDir) -> Any:
@@ -171,6 +184,5 @@ def _log(tracker: Tracker, run_id: str, job: Job, tags: dict[str, str], result: 
     wall = time.time() - t0
     harness.update({"logging_s": time.time() - t_log, "cell_wall_s": wall, "overhead_s": wall - harness["compute_s"]})
     # known only once everything is logged: tags, which may follow FINISHED (harness.json holds the rest)
-    tracker.set_tags(run_id, {f"{PREFIX}harness.{k}": f"{harness[k]:.3f}" for k in ("logging_s", "cell_wall_s",
-                                                                                   "overhead_s")})
-    return {f"harness/{k}": v for k, v in harness.items()}
+    tracker.set_tags(run_id, {harness_tag(k): f"{harness[k]:.3f}" for k in ("logging_s", "cell_wall_s", "overhead_s")})
+    return reports.harness(harness)

@@ -17,8 +17,9 @@ from segarena.platform.errors import PluginError
 from segarena.platform.plugin import Budget, MethodPlugin, Prediction, unwrap
 
 
-class PredictionError(RuntimeError):
-    """A prediction breaks the contract (wrong nfe, shape, range or dtype): the cell fails, never ranks."""
+class PredictionError(PluginError, RuntimeError):
+    """A prediction breaks the contract (wrong nfe, shape, range or dtype): the cell fails, never ranks.
+    Still a RuntimeError for code written when it was one."""
 
 
 @dataclass

@@ -1,33 +1,29 @@
 """Harness-side evaluation: run a method's ``predict`` on test cases per budget, score per case
 (volumes re-assembled from slices), the diffusion-aware metrics, stability over sampling seeds, and timing.
 
-Plugins never evaluate themselves: binarisation and fusion are theirs, scoring is ours.
-
-Budgets sharing sampler and steps are sampled once, at their largest ensemble; each smaller ensemble is
-scored on the first members of that draw, fused by the plugin's ``fuse`` (members are independent, so a
-prefix is a valid smaller ensemble). Prefix scoring is used only when ``fuse`` reproduces the method's own
-fused output on the full draw; otherwise every size is sampled on its own. Reported nfe stays
-steps × size and latency is still timed per budget at batch 1. Scoring runs in a background thread
-while the next batch predicts; the rows are the same as scored inline (tested).
+Plugins never evaluate themselves: binarisation and fusion are theirs, scoring is ours. How a budget grid
+is sampled (one draw per sampler and steps, smaller ensembles fused from its prefixes) is
+platform/scoring/sampling.py; latency is still timed per budget at batch 1. Scoring runs in a background
+thread while the next batch predicts; the rows are the same as scored inline (tested).
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 
 from segarena.platform.dataset import Case
-from segarena.platform.plugin import Budget, MethodPlugin, Prediction, Task
-from segarena.platform.scoring.checks import PredictionError, check_prediction, count_denoiser_calls
+from segarena.platform.plugin import Budget, MethodPlugin, Task
+from segarena.platform.records import Evaluation
 from segarena.platform.scoring.metrics import (
     aggregate,
     class_surfaces,
@@ -36,32 +32,20 @@ from segarena.platform.scoring.metrics import (
     overlap,
     per_case_metrics,
 )
+from segarena.platform.scoring.sampling import (
+    EvaluationError,
+    Output,
+    batches,
+    budget_groups,
+    check_output,
+    repeat_seed,
+    sample,
+)
 from segarena.platform.scoring.timing import time_method
-
-REPEAT_SEED_STRIDE = 7919  # repeat r > 0 samples with seed + r·stride (repeat 0 is the reported evaluation)
-
-
-class EvaluationError(RuntimeError):
-    """The method's output breaks the contract (NaN, wrong shape, wrong nfe)."""
-
-
-def _batches(cases: Sequence[Case], size: int) -> list[list[Case]]:
-    return [list(cases[i:i + size]) for i in range(0, len(cases), size)]
 
 
 def _dice(a: torch.Tensor, b: torch.Tensor) -> float:
     return overlap(a, b)[0]
-
-
-def repeat_seed(seed: int, repeat: int) -> int:
-    """The sampling seed of stability repeat ``repeat`` (0 = the cell's seed)."""
-    return seed if repeat == 0 else seed + REPEAT_SEED_STRIDE * repeat
-
-
-def batch_seed(seed: int, index: int) -> int:
-    """The generator seed of batch ``index`` of an evaluation pass: every batch starts from its own state,
-    so a batch's members do not depend on how many members earlier batches drew (prefixes stay exact)."""
-    return (seed * 1_000_003 + index) % 2**63
 
 
 def predict_cases(method: MethodPlugin, cases: Sequence[Case], budget: Budget, task: Task, device: torch.device,
@@ -73,10 +57,10 @@ def predict_cases(method: MethodPlugin, cases: Sequence[Case], budget: Budget, t
     pairwise: dict[str, float] = {}
     nfe = budget.nfe
     with torch.inference_mode():
-        for batch in _batches(cases, batch_size):
+        for batch in batches(cases, batch_size):
             images = torch.stack([c.image for c in batch]).to(device)
             out = method.predict(images, budget, gen)
-            _check(method, out, budget, images, task)
+            check_output(method, out, budget, images, task)
             nfe = out.nfe
             hard = out.mask.bool().cpu()
             for i, case in enumerate(batch):
@@ -84,23 +68,6 @@ def predict_cases(method: MethodPlugin, cases: Sequence[Case], budget: Budget, t
             if out.members is not None and out.members.shape[0] > 1:
                 pairwise.update(_pairwise(out.members.bool().cpu(), batch))
     return masks, pairwise, nfe
-
-
-def _check(method: MethodPlugin, out: Prediction, budget: Budget, images: torch.Tensor, task: Task) -> None:
-    expect = (images.shape[0], task.num_classes, *images.shape[-2:])
-    if tuple(out.mask.shape) != expect:
-        raise EvaluationError(f"{method.name}: mask shape {tuple(out.mask.shape)}, expected {expect}")
-    if tuple(out.probs.shape) != expect:
-        raise EvaluationError(f"{method.name}: probs shape {tuple(out.probs.shape)}, expected {expect} "
-                              f"({budget.name})")
-    if not torch.isfinite(out.probs).all():
-        raise EvaluationError(f"{method.name}: NaN or inf in predicted probabilities ({budget.name})")
-    for name in ("members", "member_probs"):
-        t = getattr(out, name)
-        if t is not None and tuple(t.shape[1:]) != expect:
-            raise EvaluationError(f"{method.name}: {name} shape {tuple(t.shape)}, expected (E, *{expect})")
-    if out.member_probs is not None and not torch.isfinite(out.member_probs).all():
-        raise EvaluationError(f"{method.name}: NaN or inf in member probabilities ({budget.name})")
 
 
 def _pairwise(members: torch.Tensor, batch: Sequence[Case]) -> dict[str, float]:
@@ -130,97 +97,6 @@ def score_cases(cases: Sequence[Case], masks: dict[str, torch.Tensor], class_nam
     return pd.DataFrame(rows)
 
 
-# Sampling ---------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class _Output:
-    """One budget's prediction for one batch, on CPU."""
-
-    probs: torch.Tensor
-    mask: torch.Tensor
-    members: torch.Tensor | None
-    member_probs: torch.Tensor | None
-
-
-def _cpu(out: Prediction) -> _Output:
-    return _Output(out.probs.detach().float().cpu(), out.mask.detach().bool().cpu(),
-                   None if out.members is None else out.members.detach().bool().cpu(),
-                   None if out.member_probs is None else out.member_probs.detach().float().cpu())
-
-
-def _fuse_reproduces(method: MethodPlugin, out: Prediction, top: Budget) -> bool:
-    """Whether the plugin's ``fuse`` on all members gives back exactly its own fused output."""
-    if out.member_probs is None or out.members is None or out.member_probs.shape[0] != top.ensemble:
-        return False
-    try:
-        probs, mask = method.fuse(out.member_probs)
-    except NotImplementedError:
-        return False
-    return (tuple(mask.shape) == tuple(out.mask.shape) and torch.equal(mask.bool(), out.mask.bool())
-            and torch.equal(probs.float(), out.probs.float()))
-
-
-def prefix_prediction(method: MethodPlugin, out: Prediction, size: int, nfe: int) -> Prediction:
-    """The prediction of an ensemble of the first ``size`` members of ``out``, fused by ``method.fuse``."""
-    member_probs = out.member_probs[:size]
-    probs, mask = method.fuse(member_probs)
-    return Prediction(probs=probs, mask=mask.bool(), nfe=nfe, members=out.members[:size], member_probs=member_probs)
-
-
-def _groups(budgets: Sequence[Budget]) -> list[tuple[Budget, list[Budget]]]:
-    """(largest budget, the smaller ensembles of the same sampler and steps), in first-seen order."""
-    by_key: dict[tuple[str, int], list[Budget]] = {}
-    for b in budgets:
-        by_key.setdefault((b.sampler, b.steps), []).append(b)
-    out = []
-    for group in by_key.values():
-        top = max(group, key=lambda b: b.ensemble)
-        out.append((top, [b for b in group if b is not top]))
-    return out
-
-
-def _sample(method: MethodPlugin, cases: Sequence[Case], top: Budget, derived: Sequence[Budget], task: Task,
-            device: torch.device, seed: int, batch_size: int, sinks: dict[str, _Scorer]) -> tuple[dict[str, int], bool]:
-    """One pass over ``cases`` predicting ``top`` (batch i sampled from ``batch_seed(seed, i)``); ``derived``
-    budgets are fused from prefixes of its members.
-
-    Returns the reported nfe per budget and whether prefix scoring held on every batch (if not, the
-    caller discards the derived sinks and samples those budgets on their own).
-    """
-    method.eval()
-    nfe: dict[str, int] = {}
-    prefix_ok = bool(derived)
-    with count_denoiser_calls(method) as counter, torch.inference_mode():
-        for index, batch in enumerate(_batches(cases, batch_size)):
-            images = torch.stack([c.image for c in batch]).to(device)
-            counter.reset()
-            out = method.predict(images, top, torch.Generator(device=device).manual_seed(batch_seed(seed, index)))
-            counted = counter.per_image(images.shape[0])  # the harness counts what it ranks
-            _verified(method, out, top, counted, images, task)
-            nfe[top.name] = out.nfe
-            sinks[top.name].add(batch, _cpu(out))
-            prefix_ok = prefix_ok and _fuse_reproduces(method, out, top)
-            if not prefix_ok:
-                continue
-            for b in derived:
-                sub = prefix_prediction(method, out, b.ensemble, out.nfe * b.ensemble // top.ensemble)
-                _verified(method, sub, b, counted * b.ensemble / top.ensemble, images, task)
-                nfe[b.name] = sub.nfe
-                sinks[b.name].add(batch, _cpu(sub))
-    return nfe, prefix_ok
-
-
-def _verified(method: MethodPlugin, out: Prediction, budget: Budget, counted: float, images: torch.Tensor,
-              task: Task) -> None:
-    """The contract checks of platform/scoring/checks.py: counted nfe = reported nfe, probabilities in [0, 1],
-    binary masks, shapes; a breach fails the cell with one line (it is never ranked)."""
-    try:
-        check_prediction(out, budget, counted, images, task.num_classes)
-    except PredictionError as exc:
-        raise EvaluationError(f"{method.name}: {exc}") from exc
-    _check(method, out, budget, images, task)
-
-
 # Scoring ----------------------------------------------------------------------------------------------------
 
 def _score_unit(case_id: str, mask: torch.Tensor, gt: torch.Tensor, probs: torch.Tensor,
@@ -245,13 +121,13 @@ class _Scorer:
             if c.volume is not None:
                 self.slices[c.volume].append(c)
         self.order = [c.case_id for c in cases if c.volume is None] + list(self.slices)
-        self.pending: dict[str, dict[str, tuple[Case, _Output, int]]] = defaultdict(dict)
+        self.pending: dict[str, dict[str, tuple[Case, Output, int]]] = defaultdict(dict)
         self.units: dict[str, Future | list[dict[str, Any]]] = {}
         self.dice: dict[tuple[str, str], float] = {}
         self.pairwise: dict[str, float] = {}
         self.kept: list[Any] = []
 
-    def add(self, batch: Sequence[Case], out: _Output) -> None:
+    def add(self, batch: Sequence[Case], out: Output) -> None:
         if self.full and out.members is not None and out.members.shape[0] > 1:
             self.pairwise.update(_pairwise(out.members, batch))
         for i, case in enumerate(batch):
@@ -267,14 +143,14 @@ class _Scorer:
                 self._submit(case.volume, items[0][0].spacing, items, stack=True)
                 del self.pending[case.volume]
 
-    def _keep(self, case: Case, out: _Output, i: int) -> None:
+    def _keep(self, case: Case, out: Output, i: int) -> None:
         from segarena.platform.scoring.predictions import CasePrediction
 
         vote = out.members[:, i].float().mean(0) if out.members is not None else out.mask[i].float()
         self.kept.append(CasePrediction(case.case_id, case.image.detach().cpu(), case.mask.bool().cpu(),
                                         out.mask[i], out.probs[i], vote, case.volume, case.slice_index))
 
-    def _submit(self, unit: str, spacing: Sequence[float] | None, items: list[tuple[Case, _Output, int]],
+    def _submit(self, unit: str, spacing: Sequence[float] | None, items: list[tuple[Case, Output, int]],
                 stack: bool) -> None:
         """Score one case: a 2D image, or a volume = its slices stacked on a last axis."""
         def cat(get) -> torch.Tensor | None:
@@ -308,63 +184,88 @@ class _Scorer:
 
 # Entry points -----------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class BudgetEvaluation:
+    """One budget's evaluation: its summary metrics (the eval run's metrics) and how they were measured
+    (the eval run's tags)."""
+
+    budget: Budget
+    metrics: dict[str, float]    # aggregate() means and medians, nfe, member_pairwise_dice, timing
+    peak_mem_kind: str           # what peak_mem_mb measured (scoring/timing.py)
+    hd95_unit: str               # mm with spacing, px without
+    throughput_batch: int
+    members_from: str            # the budget whose draw its members are a prefix of (its own name if none)
+    repeats: int                 # sampling seeds behind dice_repeat_std
+
+    def tags(self) -> dict[str, str]:
+        """The run tags it records, as strings."""
+        return {"peak_mem_kind": self.peak_mem_kind, "hd95_unit": self.hd95_unit,
+                "throughput_batch": str(self.throughput_batch), "members_from": self.members_from,
+                "repeats": str(self.repeats)}
+
+
+class Evaluated(NamedTuple):
+    """What ``evaluate`` returns; unpacks as ``per_case, budgets``."""
+
+    per_case: pd.DataFrame                  # every budget's per-case rows, ``budget`` column first
+    budgets: dict[str, BudgetEvaluation]    # by budget name, in the order given
+
+
 def evaluate(method: MethodPlugin, cases: Sequence[Case], budgets: Sequence[Budget], task: Task,
-             device: torch.device, seed: int, cfg: dict[str, Any], *, predictions_dir: Path | None = None,
-             score_workers: int = 1) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
-    """Per-case table (all budgets, ``budget`` column) and per-budget summary metrics.
+             device: torch.device, seed: int, cfg: Evaluation | dict[str, Any], *, predictions_dir: Path | None = None,
+             score_workers: int = 1) -> Evaluated:
+    """Per-case table (all budgets, ``budget`` column) and each budget's summary metrics.
 
     cfg: the suite's ``evaluation`` block (batch_size, timing_*, throughput_batch, nsd_tolerance_mm,
     repeats, save_predictions). ``predictions_dir``: where saved predictions go (``<budget>/...``), None =
     save nothing. ``score_workers``: 1 = score in a background thread while predicting, 0 = inline.
     """
     class_names = list(task.class_names) or [str(i + 1) for i in range(task.num_classes)]
-    tolerance = nsd_tolerance(cfg.get("nsd_tolerance_mm"))
-    repeats = max(1, int(cfg.get("repeats", 1)))
-    mode = cfg.get("save_predictions", "overlays") if predictions_dir is not None else "none"
-    batch_size = cfg.get("batch_size", 8)
+    cfg = cfg if isinstance(cfg, Evaluation) else Evaluation(**cfg)  # a dict (scripts, tests): the model's defaults
+    tolerance = nsd_tolerance(cfg.nsd_tolerance_mm)
+    repeats = cfg.repeats
+    mode = cfg.save_predictions if predictions_dir is not None else "none"
+    batch_size = cfg.batch_size
     scorers: dict[str, list[_Scorer]] = {b.name: [] for b in budgets}
     nfe: dict[str, int] = {}
     source: dict[str, str] = {}
     pool = ThreadPoolExecutor(max_workers=1) if score_workers else None
     try:
-        for top, derived in _groups(budgets):
+        for top, derived in budget_groups(budgets):
             for r in range(repeats):
                 sinks = {b.name: _Scorer(cases, class_names, r == 0, tolerance, pool, r == 0 and mode != "none")
                          for b in (top, *derived)}
-                got, prefix_ok = _sample(method, cases, top, derived, task, device, repeat_seed(seed, r),
+                got, prefix_ok = sample(method, cases, top, derived, task, device, repeat_seed(seed, r),
                                          batch_size, sinks)
                 alone = [] if prefix_ok else list(derived)
                 for b in alone:  # fuse cannot reproduce the method: sample this size on its own
                     sinks[b.name] = _Scorer(cases, class_names, r == 0, tolerance, pool, r == 0 and mode != "none")
-                    got.update(_sample(method, cases, b, [], task, device, repeat_seed(seed, r), batch_size,
+                    got.update(sample(method, cases, b, [], task, device, repeat_seed(seed, r), batch_size,
                                        sinks)[0])
                 for b in (top, *derived):
                     scorers[b.name].append(sinks[b.name])
                     if r == 0:
                         nfe[b.name] = got[b.name]
                         source[b.name] = top.name if b not in alone else b.name
-        tables, results = [], {}
+        tables: list[pd.DataFrame] = []
+        results: dict[str, BudgetEvaluation] = {}
         for budget in budgets:
-            table, metrics, written = _summarise(budget, scorers[budget.name], nfe[budget.name], method,
-                                                 predictions_dir, mode, class_names)
+            table, metrics = _summarise(budget, scorers[budget.name], nfe[budget.name], method, predictions_dir,
+                                        mode, class_names)
             tables.append(table)
             timing = _time(method, cases, budget, device, seed, cfg)
             metrics.update(timing.metrics())
-            results[budget.name] = {"metrics": metrics, "budget": budget.as_dict(),
-                                    "tags": {"peak_mem_kind": timing.peak_mem_kind,
-                                             "hd95_unit": table["hd95_unit"].iloc[0],
-                                             "throughput_batch": timing.throughput_batch,
-                                             "members_from": source[budget.name], "repeats": repeats}}
-            if written:
-                results[budget.name]["predictions"] = written
+            results[budget.name] = BudgetEvaluation(budget, metrics, timing.peak_mem_kind,
+                                                    str(table["hd95_unit"].iloc[0]), timing.throughput_batch,
+                                                    source[budget.name], repeats)
     finally:
         if pool is not None:
             pool.shutdown(wait=True)
-    return pd.concat(tables, ignore_index=True), results
+    return Evaluated(pd.concat(tables, ignore_index=True), results)
 
 
 def _summarise(budget: Budget, runs: list[_Scorer], nfe: int, method: MethodPlugin, predictions_dir: Path | None,
-               mode: str, class_names: Sequence[str]) -> tuple[pd.DataFrame, dict[str, float], list[str]]:
+               mode: str, class_names: Sequence[str]) -> tuple[pd.DataFrame, dict[str, float]]:
     # nfe = steps × ensemble per mask; a method that runs its denoiser once per class (SDSeg's
     # class-conditioned multi-class mode) honestly reports a whole multiple of it.
     if nfe < budget.nfe or nfe % budget.nfe:
@@ -382,45 +283,21 @@ def _summarise(budget: Budget, runs: list[_Scorer], nfe: int, method: MethodPlug
     metrics["nfe"] = float(nfe)
     if first.pairwise:
         metrics["member_pairwise_dice"] = float(np.mean(list(first.pairwise.values())))
-    written: list[str] = []
-    if predictions_dir is not None and mode != "none":
+    if predictions_dir is not None and mode != "none":  # files under predictions_dir/<budget>/
         from segarena.platform.scoring.predictions import save_predictions
 
         case_dice = table.groupby("case_id")["dice"].mean().to_dict()
-        written = [f"{budget.name}/{p}" for p in save_predictions(Path(predictions_dir) / budget.name, first.kept,
-                                                                   case_dice, mode, class_names, budget.name)]
-    return table, metrics, written
+        save_predictions(Path(predictions_dir) / budget.name, first.kept, case_dice, mode, class_names, budget.name)
+    return table, metrics
 
 
 def _time(method: MethodPlugin, cases: Sequence[Case], budget: Budget, device: torch.device, seed: int,
-          cfg: dict[str, Any]) -> Any:
-    n_time = min(len(cases), max(1, cfg.get("timing_repeats", 10)))
+          cfg: Evaluation) -> Any:
+    n_time = min(len(cases), cfg.timing_repeats)
     images = torch.stack([c.image for c in cases[:n_time]]).to(device)
-    return time_method(method, images, budget, warmup=cfg.get("timing_warmup", 2),
-                       repeats=cfg.get("timing_repeats", 10), throughput_batch=cfg.get("throughput_batch", 8),
+    return time_method(method, images, budget, warmup=cfg.timing_warmup,
+                       repeats=cfg.timing_repeats, throughput_batch=cfg.throughput_batch,
                        seed=seed)
-
-
-def predict_as_evaluated(method: MethodPlugin, images: torch.Tensor, budget: Budget, seed: int, batch_size: int,
-                         members_from: Budget | None = None, device: torch.device | None = None,
-                         on_batch: Callable[[], None] | None = None) -> torch.Tensor:
-    """The hard masks (N, C, H, W) ``evaluate`` stored for ``images`` (N, Cin, H, W) in test order: same
-    batches and per-batch seeds; a budget scored on a prefix (its ``members_from`` tag, as a Budget) is
-    drawn at that size and fused from the first ``budget.ensemble`` members. For ``segarena predict``."""
-    device = device or images.device
-    source = members_from or budget
-    method.eval()
-    masks = []
-    with torch.inference_mode():
-        for index, start in enumerate(range(0, len(images), batch_size)):
-            batch = images[start:start + batch_size].to(device)
-            out = method.predict(batch, source, torch.Generator(device=device).manual_seed(batch_seed(seed, index)))
-            if source.ensemble != budget.ensemble:
-                out = prefix_prediction(method, out, budget.ensemble, out.nfe * budget.ensemble // source.ensemble)
-            masks.append(out.mask.bool().cpu())
-            if on_batch is not None:
-                on_batch()
-    return torch.cat(masks)
 
 
 def quick_dice(method: MethodPlugin, cases: Sequence[Case], budget: Budget, task: Task, device: torch.device,

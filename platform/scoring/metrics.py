@@ -163,7 +163,6 @@ def per_case_metrics(pred: Any, gt: Any, spacing: Sequence[float] | None = None,
 # Diffusion-aware metrics (beside Dice/IoU/HD95) -----------------------------------------------------------
 # Each one is defined for every input, empty masks and single samples included: none can be NaN.
 
-EXTRA_COLUMNS = ("nsd", "nsd_tolerance", "ged", "diversity", "entropy", "ece", "brier", "nll", "members")
 ECE_BINS = 15
 CALIBRATION_MAX_PIXELS = 10**6
 NLL_EPS = 1e-7

@@ -18,7 +18,7 @@ from segarena.platform.paths import shipped_suites
 from segarena.platform.plugin import Budget
 from segarena.platform.plugins.registry import Registry
 from segarena.platform.plugins.source import plugin_source_hash
-from segarena.platform.records import Cell
+from segarena.platform.records import Cell, Evaluation
 from segarena.platform.spec.validate import validate_dataset, validate_method
 
 
@@ -96,7 +96,7 @@ class DatasetSpec(_Strict):
 
 
 class SearchSpec(_Strict):
-    """``search:``: the same tuning budget for every method × dataset (platform/run/search/core.py runs it)."""
+    """``search:``: the same tuning budget for every method × dataset (platform/run/search/ runs it)."""
 
     trials: int = Field(8, ge=1)  # per method × dataset, identical for every method
     epochs: int = Field(4, ge=1)  # per trial at most (ASHA's max_t)
@@ -126,23 +126,13 @@ class SearchSpec(_Strict):
 
 
 class Resources(_Strict):
+    """``resources:``: what each trial holds; the driver plans concurrency from it (typed, never a dict)."""
+
     workers_per_trial: int = Field(1, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
     max_concurrent_trials: int | None = Field(None, ge=1)
     cell_timeout_s: float | None = Field(None, gt=0)  # a cell still working after this is ended and recorded failed
-
-
-class Evaluation(_Strict):
-    batch_size: int = Field(8, ge=1)
-    timing_warmup: int = Field(2, ge=0)
-    timing_repeats: int = Field(10, ge=1)
-    throughput_batch: int = Field(8, ge=1)
-    val_every: int = Field(1, ge=0)  # epochs between val/dice evaluations (0 = never)
-    val_cases: int = Field(8, ge=1)
-    nsd_tolerance_mm: float | None = Field(None, gt=0)  # None: 1 mm when spacing is known, else 1 px
-    repeats: int = Field(1, ge=1)  # predictions with this many sampling seeds → per-case std of Dice
-    save_predictions: Literal["all", "overlays", "none"] = "overlays"  # overlays: + npz under 500 test cases
 
 
 class SuiteSpec(_Strict):
@@ -154,7 +144,7 @@ class SuiteSpec(_Strict):
     epochs: int = Field(1, ge=1)
     steps_per_epoch: int | None = Field(None, ge=1)  # None: one pass over the training split
     resources: Resources = Resources()
-    evaluation: Evaluation = Evaluation()
+    evaluation: Evaluation = Evaluation()  # defined in records: every cell carries it through Ray
     failure_retries: int = Field(0, ge=0)
     augment: Literal["none", "flips", "default"] = "none"  # training augmentation, the same for every method
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -223,7 +213,7 @@ def load_suite(suite: str | Path) -> tuple[SuiteSpec, Path]:
 def expand(spec: SuiteSpec, registry: Registry, path: Path | str = "<suite>") -> list[Cell]:
     """Cells of a validated suite; checks plugin names, profiles and hparam keys against the registry."""
     if spec.search is not None or any(m.search is not None for m in spec.methods):
-        from segarena.platform.run.search.core import check_search
+        from segarena.platform.spec.search import check_search
 
         check_search(spec, registry, path)
     cells = []
@@ -254,9 +244,9 @@ def expand(spec: SuiteSpec, registry: Registry, path: Path | str = "<suite>") ->
                 cells.append(Cell(suite=spec.name, method=m.name, profile=m.profile, hparams=hparams,
                                   plugin_version=cls.version, dataset=d.name,
                                   dataset_path=_resolve_data_path(d.path, path), dataset_params=dict(d.params),
-                                  seed=seed, budgets=tuple(b.as_dict() for b in budgets),
+                                  seed=seed, budgets=tuple(budgets),
                                   epochs=m.epochs or spec.epochs, steps_per_epoch=spec.steps_per_epoch,
-                                  evaluation=spec.evaluation.model_dump(), augment=spec.augment,
+                                  evaluation=spec.evaluation, augment=spec.augment,
                                   dataset_label=dataset_labels(spec.datasets)[j], plugin_source_hash=source_hash))
     for j, d in enumerate(spec.datasets):  # names were checked above; params and task here, on the driver
         validate_dataset(registry.dataset(d.name), j, dict(d.params), _resolve_data_path(d.path, path), path)

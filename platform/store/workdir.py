@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from segarena.platform.errors import SegarenaError
+from segarena.platform.paths import DEFAULT_WORKDIR, inside
 
 if TYPE_CHECKING:
     from segarena.platform.records import Cell
 
-DEFAULT_WORKDIR = "segarena-runs"
 ARTIFACT_SCHEME = "mlflow-artifacts:"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -108,13 +108,7 @@ class WorkDir:
         """Ray Tune's storage for one search (method × dataset): ``ray/search/<search key>``."""
         return self.inside(self.ray_storage / "search", search_key)
 
-    @staticmethod
-    def inside(base: Path, *parts: str) -> Path:
-        """``base/parts`` after checking it stays inside ``base`` (names come from plugins and suites)."""
-        path = base.joinpath(*parts).resolve()
-        if path != base.resolve() and base.resolve() not in path.parents:
-            raise SegarenaError(f"path {'/'.join(parts)!r} would leave {base}")
-        return path
+    inside = staticmethod(inside)  # paths.inside: names from plugins and suites never leave the work dir
 
     @property
     def eta(self) -> Path:

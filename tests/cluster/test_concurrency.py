@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from segarena.platform.store.schema import Tag
 from segarena.platform.store.tracking import KIND_DRIVER, KIND_EVAL, KIND_TRAIN, Tracker
 from segarena.platform.store.workdir import WorkDir
 
@@ -104,7 +105,7 @@ def expected_cells(suite: Path) -> dict[str, list[str]]:
     spec, path = load_suite(suite)
     with tempfile.TemporaryDirectory() as tmp:
         cells = prepare_cells(spec, path, discover(()), WorkDir.at(tmp))
-    return {c.key: sorted(b.name for b in c.budget_objects()) for c in cells}
+    return {c.key: sorted(b.name for b in c.budgets) for c in cells}
 
 
 def check_suite_store(tracker: Tracker, suite: str, cells: dict[str, list[str]], out: str) -> tuple[str, int, int]:
@@ -117,19 +118,19 @@ def check_suite_store(tracker: Tracker, suite: str, cells: dict[str, list[str]],
     evals = tracker.runs([exp], KIND_EVAL)
     drivers = tracker.runs([exp], KIND_DRIVER)
     # none lost, none twice
-    assert Counter(r.data.tags["segarena.cell"] for r in trains) == Counter(list(cells)), out[-3000:]
+    assert Counter(r.data.tags[Tag.CELL] for r in trains) == Counter(list(cells)), out[-3000:]
     for r in [*trains, *evals]:
-        assert (r.info.status, r.data.tags.get("segarena.status")) == ("FINISHED", "finished"), \
-            (r.info.run_id, r.info.status, r.data.tags.get("segarena.error"), out[-3000:])
-        assert "segarena.error" not in r.data.tags, r.data.tags["segarena.error"]
+        assert (r.info.status, r.data.tags.get(Tag.STATUS)) == ("FINISHED", "finished"), \
+            (r.info.run_id, r.info.status, r.data.tags.get(Tag.ERROR), out[-3000:])
+        assert Tag.ERROR not in r.data.tags, r.data.tags[Tag.ERROR]
     by_parent: dict[str, list[str]] = {}
     for r in evals:
-        by_parent.setdefault(r.data.tags["segarena.parent"], []).append(r.data.tags["segarena.budget"])
-    assert {r.data.tags["segarena.cell"]: sorted(by_parent.get(r.info.run_id, [])) for r in trains} == cells
+        by_parent.setdefault(r.data.tags[Tag.PARENT], []).append(r.data.tags[Tag.BUDGET])
+    assert {r.data.tags[Tag.CELL]: sorted(by_parent.get(r.info.run_id, [])) for r in trains} == cells
     assert set(by_parent) == {r.info.run_id for r in trains}  # no evaluation hangs off a run of another suite
     assert [r.info.status for r in drivers] == ["FINISHED"], [(r.info.status, r.data.tags) for r in drivers]
-    driver = drivers[0].data.tags["segarena.driver"]
-    assert {r.data.tags["segarena.driver"] for r in [*trains, *evals]} == {driver}  # all written by its own driver
+    driver = drivers[0].data.tags[Tag.DRIVER]
+    assert {r.data.tags[Tag.DRIVER] for r in [*trains, *evals]} == {driver}  # all written by its own driver
     return driver, drivers[0].info.start_time, drivers[0].info.end_time
 
 
@@ -205,11 +206,11 @@ def test_one_suite_started_twice_against_one_server_runs_once(mlflow_server, tmp
     exp = tracker.experiment(name, create=False)
     drivers_runs = tracker.runs([exp], KIND_DRIVER)
     assert sorted(r.info.status for r in drivers_runs) == ["FINISHED", "FINISHED"]  # the refused lease released too
-    winner = {r.data.tags["segarena.driver"] for r in tracker.runs([exp], KIND_TRAIN)}
+    winner = {r.data.tags[Tag.DRIVER] for r in tracker.runs([exp], KIND_TRAIN)}
     assert len(winner) == 1  # the refused driver recorded no training
     cells = expected_cells(suite)
-    assert {r.data.tags["segarena.driver"] for r in drivers_runs} > winner
+    assert {r.data.tags[Tag.DRIVER] for r in drivers_runs} > winner
     # the store holds the winner's driver run and the refused one's: check the cells without the latter
     trains = tracker.runs([exp], KIND_TRAIN)
-    assert Counter(r.data.tags["segarena.cell"] for r in trains) == Counter(list(cells))
+    assert Counter(r.data.tags[Tag.CELL] for r in trains) == Counter(list(cells))
     assert all(r.info.status == "FINISHED" for r in [*trains, *tracker.runs([exp], KIND_EVAL)])

@@ -9,62 +9,18 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
+from segarena_test_fakes import write_probe
 
+from segarena.platform.store.schema import Tag
 from segarena.platform.store.tracking import KIND_EVAL, KIND_TRAIN, Tracker
 from segarena.platform.store.workdir import WorkDir
 
 pytestmark = pytest.mark.cluster
-
-SLOW = '''
-import os, time
-import torch
-from segarena.platform.plugin import MethodPlugin, Prediction
-
-
-class SlowMethod(MethodPlugin):
-    """Sleeps `sleep` s per step, logs each step (and its pid) to `trace`; `hang` makes it never return."""
-    name = "slow"
-    version = "0.0.1"
-    denoiser = "net"
-
-    def __init__(self, hparams, task):
-        super().__init__(hparams, task)
-        self.net = torch.nn.Conv2d(task.in_channels, task.num_classes, 3, padding=1)
-        self.opt = torch.optim.SGD(self.net.parameters(), lr=0.1)
-
-    @classmethod
-    def profiles(cls):
-        p = {"batch_size": 4, "sleep": 0.5, "trace": "", "hang": False}
-        return {"tiny": p, "paper": p}
-
-    def modules(self):
-        return {"net": self.net}
-
-    def optimizers(self):
-        return {"opt": self.opt}
-
-    def training_step(self, batch):
-        with open(self.hparams["trace"], "a") as f:
-            f.write(f"{os.getpid()}\\n")
-        while self.hparams["hang"]:
-            time.sleep(1)
-        time.sleep(self.hparams["sleep"])
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(self.net(batch["image"]), batch["mask"])
-        self.opt.zero_grad()
-        loss.backward()
-        self.opt.step()
-        return {"loss": loss.item()}
-
-    def predict(self, images, budget, generator=None):
-        probs = self.net(images).sigmoid()
-        return Prediction(probs=probs, mask=probs > 0.5, nfe=budget.nfe)
-'''
 
 SUITE = """
 name: {name}
@@ -124,9 +80,8 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 
 def setup(tmp: Path, name: str, *, epochs: int = 4, retries: int = 0, hang: bool = False, extra: str = "",
           timeout: str = "") -> tuple[Path, Path, Path, Tracker]:
-    plugins = tmp / "plugins"
-    plugins.mkdir(exist_ok=True)
-    (plugins / "slow.py").write_text(textwrap.dedent(SLOW))
+    # the probe as `slow`: sleeps 0.5 s per step, one line `step <pid>` per step in `trace`; `hang` never returns
+    plugins = write_probe(tmp / "plugins", "slow", sleep=0.5)
     trace = tmp / "trace.txt"
     suite = tmp / f"{name}.yaml"
     suite.write_text(SUITE.format(name=name, trace=trace, hang=str(hang).lower(), epochs=epochs, retries=retries,
@@ -141,7 +96,7 @@ def trace_count(trace: Path) -> int:
 
 def finished_per_cell(tracker: Tracker, suite: str) -> Counter:
     exp = tracker.experiment(suite, create=False)
-    return Counter(r.data.tags["segarena.cell"] for r in tracker.runs([exp], KIND_TRAIN)
+    return Counter(r.data.tags[Tag.CELL] for r in tracker.runs([exp], KIND_TRAIN)
                    if r.info.status == "FINISHED")
 
 
@@ -151,14 +106,14 @@ def census(tracker: Tracker, suite: str, test: str) -> None:
     exp = tracker.experiment(suite, create=False)
     trains = tracker.runs([exp], KIND_TRAIN)
     status = {r.info.run_id: r.info.status for r in trains}
-    method = {r.info.run_id: r.data.tags["segarena.method"] for r in trains}
+    method = {r.info.run_id: r.data.tags[Tag.METHOD] for r in trains}
     per_cell: dict[str, Counter] = defaultdict(Counter)
     for r in trains:
-        per_cell[r.data.tags["segarena.method"]][f"{r.info.status} training"] += 1
+        per_cell[r.data.tags[Tag.METHOD]][f"{r.info.status} training"] += 1
     for r in tracker.runs([exp], KIND_EVAL):
-        parent = status.get(r.data.tags.get("segarena.parent"))
+        parent = status.get(r.data.tags.get(Tag.PARENT))
         assert r.info.status != "FINISHED" or parent == "FINISHED", (r.info.run_id, parent)
-        per_cell[method[r.data.tags["segarena.parent"]]][f"{r.info.status} eval"] += 1
+        per_cell[method[r.data.tags[Tag.PARENT]]][f"{r.info.status} eval"] += 1
     cells = "; ".join(f"{m}: " + ", ".join(f"{n} {k}" for k, n in sorted(c.items()))
                       for m, c in sorted(per_cell.items()))
     print(f"\n[cluster store] {test}: {cells}", file=sys.stderr)
@@ -198,7 +153,7 @@ def test_r2_killed_trial_process_is_retried_from_checkpoint_or_recorded(tmp_path
     driver = Driver(tmp_path, suite, plugins)
     try:
         wait_for(lambda: trace_count(trace) >= 4, 240, "the first epoch")
-        pid = int(trace.read_text().splitlines()[0])
+        pid = int(trace.read_text().splitlines()[0].split()[-1])  # `step <pid>`
         os.kill(pid, signal.SIGKILL)  # the process that trains the cell (the Tune trial's)
         code = driver.wait(300)
     finally:
@@ -207,14 +162,14 @@ def test_r2_killed_trial_process_is_retried_from_checkpoint_or_recorded(tmp_path
     name = f"r2-{retries}"
     exp = tracker.experiment(name, create=False)
     runs = tracker.runs([exp], KIND_TRAIN)
-    by_method = Counter((r.data.tags["segarena.method"], r.info.status) for r in runs)
+    by_method = Counter((r.data.tags[Tag.METHOD], r.info.status) for r in runs)
     assert by_method[("unet", "FINISHED")] == 1, out[-3000:]
     if retries:
         assert code == 0, out[-3000:]
         assert by_method[("slow", "FINISHED")] == 1
         assert trace_count(trace) <= 12 + 3  # resumed from its checkpoint: at most the killed epoch again
         crashed = [r for r in runs if r.info.status == "FAILED"]
-        assert [r.data.tags["segarena.error"] for r in crashed] == ["trial process crashed"]
+        assert [r.data.tags[Tag.ERROR] for r in crashed] == ["trial process crashed"]
     else:
         assert code == 1, out[-3000:]
         assert by_method[("slow", "FAILED")] == 1 and by_method[("slow", "FINISHED")] == 0
@@ -234,8 +189,8 @@ def test_r3_hanging_plugin_is_ended_by_the_cell_timeout_and_frees_its_slot(tmp_p
     assert code == 1, out[-3000:]
     assert "timed out after 20 s" in out
     exp = tracker.experiment("r3", create=False)
-    runs = {r.data.tags["segarena.method"]: r for r in tracker.runs([exp], KIND_TRAIN)}
-    assert runs["slow"].info.status == "FAILED" and "timed out after 20 s" in runs["slow"].data.tags["segarena.error"]
+    runs = {r.data.tags[Tag.METHOD]: r for r in tracker.runs([exp], KIND_TRAIN)}
+    assert runs["slow"].info.status == "FAILED" and "timed out after 20 s" in runs["slow"].data.tags[Tag.ERROR]
     assert runs["unet"].info.status == "FINISHED"  # ran after the hung cell, on the one slot it freed
     assert time.time() - t0 < 380
     census(tracker, "r3", "R3 hung plugin")
@@ -256,7 +211,7 @@ def test_r4_ctrl_c_stops_marks_interrupted_exits_130_and_rerun_resumes(tmp_path)
     exp = tracker.experiment("r4", create=False)
     runs = tracker.runs([exp], KIND_TRAIN)
     assert [r.info.status for r in runs] == ["FAILED"]
-    assert runs[0].data.tags["segarena.error"].startswith("interrupted")
+    assert runs[0].data.tags[Tag.ERROR].startswith("interrupted")
     steps = trace_count(trace)
     again = Driver(tmp_path, suite, plugins)
     assert again.wait(300) == 0, again.output()[-3000:]

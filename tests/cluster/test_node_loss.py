@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from segarena.platform.store.schema import Tag, harness_tag
 from segarena.platform.store.tracking import CRASHED_ERROR, KIND_TRAIN, Tracker
 from segarena.platform.store.workdir import WorkDir
 
@@ -144,27 +145,27 @@ def test_killed_second_node_mid_suite_is_recovered_and_every_cell_finishes_once(
     wd = WorkDir.at(work / "runs")
     tracker = Tracker(wd.tracking_uri, wd)
     runs = tracker.runs([tracker.experiment(name, create=False)], KIND_TRAIN)
-    finished = Counter(r.data.tags["segarena.cell"] for r in runs if r.info.status == "FINISHED")
-    every = Counter(r.data.tags["segarena.cell"] for r in runs)
+    finished = Counter(r.data.tags[Tag.CELL] for r in runs if r.info.status == "FINISHED")
+    every = Counter(r.data.tags[Tag.CELL] for r in runs)
     assert len(finished) == 4 and set(finished.values()) == {1}, (finished, out[-3000:])
     assert not [r for r in runs if r.info.status == "RUNNING"]
     crashed = [r for r in runs if r.info.status == "FAILED"]
-    assert [r.data.tags.get("segarena.error") for r in crashed] == [CRASHED_ERROR], out[-3000:]
-    cell = crashed[0].data.tags["segarena.cell"]
-    (done,) = [r for r in runs if r.info.status == "FINISHED" and r.data.tags["segarena.cell"] == cell]
-    seed = int(crashed[0].data.tags["segarena.seed"])
+    assert [r.data.tags.get(Tag.ERROR) for r in crashed] == [CRASHED_ERROR], out[-3000:]
+    cell = crashed[0].data.tags[Tag.CELL]
+    (done,) = [r for r in runs if r.info.status == "FINISHED" and r.data.tags[Tag.CELL] == cell]
+    seed = int(crashed[0].data.tags[Tag.SEED])
     before, after = _epochs(log_at_kill).get(seed, []), _epochs(out[len(log_at_kill):]).get(seed, [])
     assert before, f"seed {seed} reported no epoch before the kill:\n{log_at_kill[-2000:]}"
     assert not after or min(after) > max(before), (before, after)  # resumed from its checkpoint, not from scratch
     detect = crashed[0].info.end_time / 1000 - t_kill
     recovery = done.info.end_time / 1000 - t_kill
     retry_start = done.info.start_time / 1000 - t_kill
-    walls = sorted(float(r.data.tags["segarena.harness.cell_wall_s"]) for r in runs
-                   if r.info.status == "FINISHED" and r.data.tags["segarena.cell"] != cell)
+    walls = sorted(float(r.data.tags[harness_tag("cell_wall_s")]) for r in runs
+                   if r.info.status == "FINISHED" and r.data.tags[Tag.CELL] != cell)
     result = {
         "suite_wall_s": round(wall, 2), "kill_at_s": round(t_kill - t0, 2), "processes_killed": killed,
         "detect_s": round(detect, 2), "retry_started_s": round(retry_start, 2), "recovery_s": round(recovery, 2),
-        "retry_cell_wall_s": float(done.data.tags["segarena.harness.cell_wall_s"]),
+        "retry_cell_wall_s": float(done.data.tags[harness_tag("cell_wall_s")]),
         "interrupted_epochs_reported": {"before_kill": before, "after_kill": after},
         "recovery_definition": "SIGKILL of node 2's process tree -> end time of the interrupted cell's FINISHED run",
         "cell_wall_median_s": round(walls[len(walls) // 2], 2), "cell_walls_s": walls,

@@ -17,7 +17,9 @@ from typing import Any
 
 import torch
 
-from segarena.platform.records import Budget, Job
+from segarena.platform.records import Budget, Evaluation, Job
+from segarena.platform.run import reports
+from segarena.platform.run.reports import OBJECTIVE, objective_values
 from segarena.platform.run.train_loop import (
     ERROR_MARK,
     CellError,
@@ -31,17 +33,11 @@ from segarena.platform.run.train_loop import (
 from segarena.platform.scoring.evaluation import quick_dice
 from segarena.platform.scoring.timing import time_method
 
-STATUS_KEY, FINAL_KEY, TRIAL_S_KEY, ERROR_KEY = "search/status", "search/final", "search/trial_s", "search/error"
-POINTS_KEY = "search/points"  # the final report's JSON list of {budget, name, dice, latency_ms, nfe} on validation
-OBJECTIVE = {"val/dice": "objective/dice", "latency_ms": "objective/latency_ms", "nfe": "objective/nfe"}
-
-
-def objective_values(point: dict[str, Any] | None) -> dict[str, float]:
-    """The objective keys of one scored point (NaN before the final epoch: Tune wants every key)."""
-    if point is None:
-        return dict.fromkeys(OBJECTIVE.values(), math.nan)
-    return {OBJECTIVE["val/dice"]: point["dice"], OBJECTIVE["latency_ms"]: point["latency_ms"],
-            OBJECTIVE["nfe"]: float(point["nfe"])}
+# the report keys live in run/reports.py; these names stay importable from here for the search stage
+STATUS_KEY, FINAL_KEY, TRIAL_S_KEY = reports.SEARCH_STATUS, reports.SEARCH_FINAL, reports.SEARCH_TRIAL_S
+ERROR_KEY, POINTS_KEY = reports.SEARCH_ERROR, reports.SEARCH_POINTS
+__all__ = ["ERROR_KEY", "FINAL_KEY", "OBJECTIVE", "POINTS_KEY", "STATUS_KEY", "TRIAL_S_KEY", "best_point",
+           "failure_report", "objective_values", "score_budgets", "search_trainable", "search_trial_loop"]
 
 
 def best_point(points: list[dict[str, Any]]) -> dict[str, Any]:
@@ -50,14 +46,14 @@ def best_point(points: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def score_budgets(method: Any, cases: list, budgets: list[Budget], task: Any, device: torch.device, seed: int,
-                  evaluation: dict[str, Any]) -> list[dict[str, Any]]:
+                  evaluation: Evaluation) -> list[dict[str, Any]]:
     """Validation Dice and batch-1 median latency of the same weights at each budget."""
-    images = torch.stack([c.image for c in cases[: max(1, evaluation.get("timing_repeats", 10))]]).to(device)
+    images = torch.stack([c.image for c in cases[: evaluation.timing_repeats]]).to(device)
     points = []
     for b in budgets:
-        dice = quick_dice(method, cases, b, task, device, seed, evaluation["batch_size"])
-        timing = time_method(method, images, b, warmup=evaluation.get("timing_warmup", 2),
-                             repeats=evaluation.get("timing_repeats", 10), throughput_batch=1, seed=seed)
+        dice = quick_dice(method, cases, b, task, device, seed, evaluation.batch_size)
+        timing = time_method(method, images, b, warmup=evaluation.timing_warmup,
+                             repeats=evaluation.timing_repeats, throughput_batch=1, seed=seed)
         if not math.isfinite(dice):
             raise CellError(f"{ERROR_MARK} validation Dice at {b.name} is {dice}")
         points.append({"budget": b.as_dict(), "name": b.name, "dice": dice, "latency_ms": timing.latency_ms,
@@ -77,26 +73,26 @@ def search_trial_loop(job: Job, config: dict[str, Any], report: Callable[[dict[s
     method = registry.method(cell.method)(cell.hparams, data.task)
     place(method, device, 1)
     tensors, augment = data.train_tensors(), _augment(cell)
-    val_cases = data.cases("val")[: cell.evaluation["val_cases"]]
+    val_cases = data.cases("val")[: cell.evaluation.val_cases]
     if not val_cases:
         raise CellError(f"{ERROR_MARK} dataset {cell.dataset!r} has no validation cases to select on")
     budgets = list(job.budgets)
     cheapest = min(budgets, key=lambda b: b.nfe)
     for epoch in range(cell.epochs):
         t_epoch = time.time()
-        metrics: dict[str, Any] = {"epoch": epoch, **train_epoch(method, tensors, cell, epoch, 0, 1, device, augment)}
-        dice = quick_dice(method, val_cases, cheapest, data.task, device, cell.seed, cell.evaluation["batch_size"])
+        metrics: dict[str, Any] = {reports.EPOCH: epoch,
+                                   **train_epoch(method, tensors, cell, epoch, 0, 1, device, augment)}
+        dice = quick_dice(method, val_cases, cheapest, data.task, device, cell.seed, cell.evaluation.batch_size)
         if not math.isfinite(dice):
             raise CellError(f"{ERROR_MARK} {cell.method} produced val/dice={dice} at epoch {epoch}")
-        metrics["val/dice"] = dice
+        metrics[reports.VAL_DICE] = dice
         final = epoch == cell.epochs - 1
         points = score_budgets(method, val_cases, budgets, data.task, device, cell.seed, cell.evaluation) \
             if final else None
         metrics |= objective_values(best_point(points) if points else None)
-        metrics |= {"epoch_s": time.time() - t_epoch, TRIAL_S_KEY: time.time() - t0, STATUS_KEY: "running",
-                    FINAL_KEY: int(final), POINTS_KEY: json.dumps(points or [])}  # Tune's loggers take no lists
-        if final:
-            metrics[STATUS_KEY] = "finished"
+        metrics |= {reports.EPOCH_S: time.time() - t_epoch, TRIAL_S_KEY: time.time() - t0,
+                    STATUS_KEY: reports.FINISHED if final else reports.RUNNING, FINAL_KEY: int(final),
+                    POINTS_KEY: json.dumps(points or [])}  # Tune's loggers take no lists
         report(metrics)
 
 
@@ -104,7 +100,7 @@ def failure_report(exc: BaseException, t0: float) -> dict[str, Any]:
     """The one result a failed trial reports: NaN objectives, so the searcher records a failure."""
     from segarena.platform.run.trainable import error_line
 
-    return {"val/dice": math.nan, **objective_values(None), STATUS_KEY: "failed", FINAL_KEY: 0,
+    return {reports.VAL_DICE: math.nan, **objective_values(None), STATUS_KEY: reports.FAILED, FINAL_KEY: 0,
             ERROR_KEY: error_line(exc), TRIAL_S_KEY: time.time() - t0, POINTS_KEY: "[]"}
 
 
