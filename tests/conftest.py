@@ -13,10 +13,12 @@ os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-if "segarena_test_fakes" not in sys.modules:  # tests/fakes.py, importable as segarena_test_fakes
-    _spec = importlib.util.spec_from_file_location("segarena_test_fakes", Path(__file__).with_name("fakes.py"))
-    sys.modules["segarena_test_fakes"] = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(sys.modules["segarena_test_fakes"])
+# Test helpers importable by name from every test (tests/ is not a package: --import-mode=importlib).
+for _name, _file in (("segarena_test_fakes", "fakes.py"), ("segarena_test_report_fixtures", "report_fixtures.py")):
+    if _name not in sys.modules:
+        _spec = importlib.util.spec_from_file_location(_name, Path(__file__).with_name(_file))
+        sys.modules[_name] = importlib.util.module_from_spec(_spec)
+        _spec.loader.exec_module(sys.modules[_name])
 
 
 @pytest.fixture

@@ -50,11 +50,13 @@ class Module:
 
 
 @cache
-def modules() -> dict[str, Module]:
+def modules(root: Path = ROOT) -> dict[str, Module]:
+    """Every module of the five packages under ``root`` (a checkout; benchmarks/perf/architecture_census.py
+    passes an older one)."""
     out = {}
     for folder, package in PACKAGES.items():
-        for path in sorted((ROOT / folder).rglob("*.py")):
-            parts = [p for p in path.relative_to(ROOT / folder).with_suffix("").parts if p != "__init__"]
+        for path in sorted((root / folder).rglob("*.py")):
+            parts = [p for p in path.relative_to(root / folder).with_suffix("").parts if p != "__init__"]
             if "results" in parts:
                 continue
             name = ".".join([package, *parts])
@@ -62,10 +64,9 @@ def modules() -> dict[str, Module]:
     return out
 
 
-def _imported(mod: Module) -> set[str]:
+def _imported(mod: Module, known: dict[str, Module]) -> set[str]:
     """segarena modules ``mod`` imports anywhere (lazy imports inside functions count: they are arrows too).
     ``from pkg import sub`` is an arrow to ``pkg.sub`` when that is a module, else to ``pkg``."""
-    known = modules()
     package = mod.name.split(".") if mod.path.name == "__init__.py" else mod.name.split(".")[:-1]
     out = set()
     for node in ast.walk(mod.tree):
@@ -82,8 +83,9 @@ def _imported(mod: Module) -> set[str]:
 
 
 @cache
-def graph() -> dict[str, frozenset[str]]:
-    return {name: frozenset(_imported(mod)) for name, mod in modules().items()}
+def graph(root: Path = ROOT) -> dict[str, frozenset[str]]:
+    known = modules(root)
+    return {name: frozenset(_imported(mod, known)) for name, mod in known.items()}
 
 
 def floor(name: str) -> tuple[str, int]:

@@ -4,11 +4,10 @@ produces, and a new row alone puts its metric on the board (aggregated, with a C
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
+import segarena_test_report_fixtures as fx
 import torch
 from segarena_test_fakes import UntrainedMethod
 
@@ -24,14 +23,6 @@ from segarena.platform.scoring.evaluation import evaluate
 TASK = Task(in_channels=1, num_classes=1, image_size=(8, 8))
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-fx = _load("report_fixtures")
 
 
 class Sigmoid(UntrainedMethod):

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import segarena_test_report_fixtures as fx
 
 from segarena.dashboards import figures as F
 from segarena.dashboards.html import json_for_script
@@ -23,13 +24,13 @@ from segarena.platform.records import Evaluation
 
 
 def _load(name: str):
+    """Another test module's helpers (tests/ is not a package)."""
     spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-fx = _load("report_fixtures")
 CONFIG = StatsConfig(n_resamples=500, seed=0)
 
 

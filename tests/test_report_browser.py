@@ -5,9 +5,7 @@ Under CI=true a missing browser fails the test: the setup script installs it whe
 
 from __future__ import annotations
 
-import importlib.util
 import os
-from pathlib import Path
 
 import pytest
 
@@ -17,10 +15,9 @@ from segarena.platform.board.statistics import StatsConfig
 
 
 def _fixtures():
-    spec = importlib.util.spec_from_file_location("report_fixtures", Path(__file__).with_name("report_fixtures.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    import segarena_test_report_fixtures
+
+    return segarena_test_report_fixtures
 
 
 @pytest.fixture(scope="module")

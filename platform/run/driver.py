@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from segarena.platform.errors import SegarenaError
+from segarena.platform.paths import DEFAULT_WORKDIR
 from segarena.platform.plugins.registry import discover, plugin_folders
 from segarena.platform.records import Cell, Job, Settings
 from segarena.platform.run.cell_data import load_cell_data
@@ -47,7 +48,7 @@ class RunSummary:
     wall_s: float = 0.0
 
 
-def run_suite(suite: str | Path, workdir: str | Path = "segarena-runs", *, address: str | None = None,
+def run_suite(suite: str | Path, workdir: str | Path = DEFAULT_WORKDIR, *, address: str | None = None,
               tracking_uri: str | None = None, plugin_dirs: Sequence[str] = (), verbose: bool = False,
               echo: Callable[[str], None] = print) -> RunSummary:
     t_start = time.time()
