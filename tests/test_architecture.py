@@ -237,3 +237,23 @@ def test_moved_public_modules_still_import_with_a_deprecation_warning(old, new, 
         alias = importlib.import_module(f"segarena.platform.{old}")
     assert any(issubclass(w.category, DeprecationWarning) and new in str(w.message) for w in caught)
     assert getattr(alias, name) is getattr(importlib.import_module(f"segarena.platform.{new}"), name)
+
+
+def test_every_segarena_exception_is_a_segarena_error():
+    """The CLI prints any SegarenaError as one line: no exception class of the harness stands outside the family."""
+    import importlib
+    import inspect
+
+    from segarena.platform.errors import SegarenaError
+
+    aliases = {f"segarena.platform.{m}" for m in ("dataset_conformance", "verify", "hparam_check", "metrics")}
+    outside = []
+    for name, mod in modules().items():
+        if not name.startswith("segarena.platform") or name in aliases or name.endswith("__main__"):
+            continue
+        for node in ast.walk(mod.tree):
+            if isinstance(node, ast.ClassDef) and node.name.endswith("Error"):
+                cls = getattr(importlib.import_module(name), node.name)
+                if inspect.isclass(cls) and not issubclass(cls, SegarenaError):
+                    outside.append(f"{name}.{node.name}")
+    assert outside == []

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import torch
 
+from segarena.platform.errors import PluginError
 from segarena.platform.plugin import MethodPlugin, unwrap
 from segarena.platform.plugins.registry import discover
 from segarena.platform.plugins.weights import load_model, load_state, save_atomic, save_model
@@ -35,8 +36,9 @@ PREDICTIONS_DIR = "predictions"  # <budget>/predictions.npz, <budget>/overlays/*
 ERROR_MARK = "SEGARENA_CELL_ERROR:"
 
 
-class CellError(RuntimeError):
-    """A cell failed; the message carries ERROR_MARK so the trial can extract one clear line."""
+class CellError(PluginError, RuntimeError):
+    """A cell failed (its plugin raised or produced NaN); the message carries ERROR_MARK so the trial can extract
+    one clear line. A ``SegarenaError`` like every error segarena raises; still a RuntimeError for callers."""
 
 
 class Session(Protocol):
