@@ -17,9 +17,10 @@ from segarena.platform.errors import SpecError
 from segarena.platform.plugins.registry import discover
 from segarena.platform.records import Settings
 from segarena.platform.run.driver import prepare_cells
+from segarena.platform.run.reports import OBJECTIVE, SEARCH_FINAL, SEARCH_STATUS
 from segarena.platform.run.search.plan import TrialRecord, plans, tuned_cells
 from segarena.platform.run.search.select import dominates, pareto_front, select
-from segarena.platform.run.search.trainable import FINAL_KEY, STATUS_KEY, search_trial_loop
+from segarena.platform.run.search.trainable import search_trial_loop
 from segarena.platform.search_space import Choice, IntUniform, LogUniform
 from segarena.platform.spec.search import narrow
 from segarena.platform.spec.suite import SearchSpec, expand, load_suite
@@ -163,17 +164,16 @@ def test_searcher_records_every_trial_with_its_state():
     pytest.importorskip("ray.tune.search.optuna")
     from types import SimpleNamespace
 
-    from segarena.platform.run.search.trainable import OBJECTIVE
     from segarena.platform.run.search.tune import make_searcher
 
     plan = SimpleNamespace(space={"lr": LogUniform(1e-3, 1e-1)}, key="k",
                            search=SearchSpec(sampler="random", seed=0, objectives=["val/dice"]))
     searcher = make_searcher(plan)
     searcher.feed(_records(), ["val/dice"])  # warm start: a killed driver's four trials
-    final = {"val/dice": 0.5, OBJECTIVE["val/dice"]: 0.7, STATUS_KEY: "finished", FINAL_KEY: 1,
+    final = {"val/dice": 0.5, OBJECTIVE["val/dice"]: 0.7, SEARCH_STATUS: "finished", SEARCH_FINAL: 1,
              "training_iteration": 2}
-    for tid, result, error in [("a", final, False), ("b", {**final, FINAL_KEY: 0, STATUS_KEY: "running"}, False),
-                               ("c", {**final, FINAL_KEY: 0, STATUS_KEY: "failed",
+    for tid, result, error in [("a", final, False), ("b", {**final, SEARCH_FINAL: 0, SEARCH_STATUS: "running"}, False),
+                               ("c", {**final, SEARCH_FINAL: 0, SEARCH_STATUS: "failed",
                                       OBJECTIVE["val/dice"]: math.nan}, False),
                                ("d", {**final, OBJECTIVE["val/dice"]: math.nan}, False), ("e", None, True)]:
         assert searcher.suggest(tid)["lr"] > 0
@@ -202,7 +202,7 @@ def test_a_trial_predicts_validation_never_test(tmp_path):
     plan = plans(spec, prepare_cells(spec, path, reg, WorkDir.at(tmp_path / "runs")), reg, path)[0]
     reports: list[dict] = []
     search_trial_loop(plan.trial_job(_settings(tmp_path, (str(plugins),))), {"lr": 0.05}, reports.append)
-    assert [r[FINAL_KEY] for r in reports] == [0, 1] and reports[-1][STATUS_KEY] == "finished"
+    assert [r[SEARCH_FINAL] for r in reports] == [0, 1] and reports[-1][SEARCH_STATUS] == "finished"
     points = json.loads(reports[-1]["search/points"])
     assert [p["name"] for p in points] == ["direct-e1"] and 0 <= points[0]["dice"] <= 1
 

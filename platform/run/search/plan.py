@@ -55,6 +55,13 @@ class SearchPlan:
         return Job("train", cell, tuple(self.candidates), settings)
 
 
+def best_point(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """The best scored point: highest Dice, lower latency breaking ties (a trial's headline for the searcher,
+    and the search's choice under ``select: best``)."""
+    return max(points, key=lambda p: (p["dice"], -p["latency_ms"]))
+
+
+
 @dataclass
 class TrialRecord:
     config: dict[str, Any]
@@ -68,8 +75,6 @@ class TrialRecord:
     def objective(self, objectives: Sequence[str]) -> list[float] | None:
         if self.status != "finished" or not self.points:
             return None
-        from segarena.platform.run.search.trainable import best_point
-
         best = best_point(self.points)
         return [float(best[POINT_FIELD[o]]) for o in objectives]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from segarena.platform.run.search.plan import POINT_FIELD, TrialRecord
+from segarena.platform.run.search.plan import POINT_FIELD, TrialRecord, best_point
 from segarena.platform.scoring.catalog import mode
 from segarena.platform.spec.suite import SearchSpec
 
@@ -41,7 +41,7 @@ def select(records: list[TrialRecord], search: SearchSpec) -> list[dict[str, Any
     if not points:
         return []
     if search.select == "best":
-        return [max(points, key=lambda p: (p["dice"], -p["latency_ms"]))]
+        return [best_point(points)]
     front = pareto_front(points, search.objectives)
     k = min(search.max_selected, len(front))
     if k == 1:

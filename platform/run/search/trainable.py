@@ -19,7 +19,15 @@ import torch
 
 from segarena.platform.records import Budget, Evaluation, Job
 from segarena.platform.run import reports
-from segarena.platform.run.reports import OBJECTIVE, objective_values
+from segarena.platform.run.reports import (
+    SEARCH_ERROR,
+    SEARCH_FINAL,
+    SEARCH_POINTS,
+    SEARCH_STATUS,
+    SEARCH_TRIAL_S,
+    objective_values,
+)
+from segarena.platform.run.search.plan import best_point
 from segarena.platform.run.train_loop import (
     ERROR_MARK,
     CellError,
@@ -34,15 +42,6 @@ from segarena.platform.scoring.evaluation import quick_dice
 from segarena.platform.scoring.timing import time_method
 
 # the report keys live in run/reports.py; these names stay importable from here for the search stage
-STATUS_KEY, FINAL_KEY, TRIAL_S_KEY = reports.SEARCH_STATUS, reports.SEARCH_FINAL, reports.SEARCH_TRIAL_S
-ERROR_KEY, POINTS_KEY = reports.SEARCH_ERROR, reports.SEARCH_POINTS
-__all__ = ["ERROR_KEY", "FINAL_KEY", "OBJECTIVE", "POINTS_KEY", "STATUS_KEY", "TRIAL_S_KEY", "best_point",
-           "failure_report", "objective_values", "score_budgets", "search_trainable", "search_trial_loop"]
-
-
-def best_point(points: list[dict[str, Any]]) -> dict[str, Any]:
-    """The trial's headline point for the searcher: highest Dice, lower latency breaking ties."""
-    return max(points, key=lambda p: (p["dice"], -p["latency_ms"]))
 
 
 def score_budgets(method: Any, cases: list, budgets: list[Budget], task: Any, device: torch.device, seed: int,
@@ -90,9 +89,9 @@ def search_trial_loop(job: Job, config: dict[str, Any], report: Callable[[dict[s
         points = score_budgets(method, val_cases, budgets, data.task, device, cell.seed, cell.evaluation) \
             if final else None
         metrics |= objective_values(best_point(points) if points else None)
-        metrics |= {reports.EPOCH_S: time.time() - t_epoch, TRIAL_S_KEY: time.time() - t0,
-                    STATUS_KEY: reports.FINISHED if final else reports.RUNNING, FINAL_KEY: int(final),
-                    POINTS_KEY: json.dumps(points or [])}  # Tune's loggers take no lists
+        metrics |= {reports.EPOCH_S: time.time() - t_epoch, SEARCH_TRIAL_S: time.time() - t0,
+                    SEARCH_STATUS: reports.FINISHED if final else reports.RUNNING, SEARCH_FINAL: int(final),
+                    SEARCH_POINTS: json.dumps(points or [])}  # Tune's loggers take no lists
         report(metrics)
 
 
@@ -100,8 +99,8 @@ def failure_report(exc: BaseException, t0: float) -> dict[str, Any]:
     """The one result a failed trial reports: NaN objectives, so the searcher records a failure."""
     from segarena.platform.run.trainable import error_line
 
-    return {reports.VAL_DICE: math.nan, **objective_values(None), STATUS_KEY: reports.FAILED, FINAL_KEY: 0,
-            ERROR_KEY: error_line(exc), TRIAL_S_KEY: time.time() - t0, POINTS_KEY: "[]"}
+    return {reports.VAL_DICE: math.nan, **objective_values(None), SEARCH_STATUS: reports.FAILED, SEARCH_FINAL: 0,
+            SEARCH_ERROR: error_line(exc), SEARCH_TRIAL_S: time.time() - t0, SEARCH_POINTS: "[]"}
 
 
 def search_trainable(config: dict[str, Any], job: dict[str, Any]) -> None:

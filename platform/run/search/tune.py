@@ -17,6 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from segarena.platform.records import Settings
+from segarena.platform.run.reports import (
+    OBJECTIVE,
+    SEARCH_ERROR,
+    SEARCH_FINAL,
+    SEARCH_POINTS,
+    SEARCH_STATUS,
+    SEARCH_TRIAL_S,
+)
 from segarena.platform.run.search.plan import SearchOutcome, SearchPlan, TrialRecord, fmt_config
 from segarena.platform.run.search.select import select
 from segarena.platform.run.search.store import SearchStore
@@ -29,11 +37,10 @@ COMPLETE, PRUNED, FAIL = "COMPLETE", "PRUNED", "FAIL"  # Optuna's TrialState nam
 
 def trial_state(result: dict[str, Any] | None, error: bool, metrics: list[str]) -> tuple[str, list[float] | None]:
     """A finished Tune trial as Optuna sees it: its state's name and, when complete, its objective values."""
-    from segarena.platform.run.search.trainable import FINAL_KEY, STATUS_KEY
 
-    if error or not result or result.get(STATUS_KEY) == "failed":
+    if error or not result or result.get(SEARCH_STATUS) == "failed":
         return FAIL, None
-    if not result.get(FINAL_KEY):
+    if not result.get(SEARCH_FINAL):
         return PRUNED, None
     values = [result.get(m) for m in metrics]
     if any(v is None or not math.isfinite(float(v)) for v in values):
@@ -110,9 +117,8 @@ def recorder_class() -> type:
             self.curves[trial.trial_id] = []
 
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-            from segarena.platform.run.search.trainable import STATUS_KEY
 
-            if result.get(STATUS_KEY) == "failed":
+            if result.get(SEARCH_STATUS) == "failed":
                 return
             self.curves[trial.trial_id].append(float(result["val/dice"]))
             self.store.log_epoch(self.runs[trial.trial_id], result)
@@ -141,16 +147,15 @@ def recorder_class() -> type:
 
 def _trial_record(trial: Any, curve: list[float], error: str, run_id: str) -> TrialRecord:
     """What a Tune trial that ended leaves: finished (its last epoch ran), stopped (ASHA) or failed."""
-    from segarena.platform.run.search.trainable import ERROR_KEY, FINAL_KEY, POINTS_KEY, STATUS_KEY, TRIAL_S_KEY
 
     last = trial.last_result or {}
-    if error or last.get(STATUS_KEY) == "failed":
+    if error or last.get(SEARCH_STATUS) == "failed":
         status = "failed"
     else:
-        status = "finished" if last.get(FINAL_KEY) else "stopped"
+        status = "finished" if last.get(SEARCH_FINAL) else "stopped"
     return TrialRecord(config=dict(trial.config), status=status, curve=curve,
-                       points=json.loads(last.get(POINTS_KEY) or "[]") if status == "finished" else [],
-                       trial_s=float(last.get(TRIAL_S_KEY, 0.0)), error=error or str(last.get(ERROR_KEY, "")),
+                       points=json.loads(last.get(SEARCH_POINTS) or "[]") if status == "finished" else [],
+                       trial_s=float(last.get(SEARCH_TRIAL_S, 0.0)), error=error or str(last.get(SEARCH_ERROR, "")),
                        run_id=run_id)
 
 
@@ -160,16 +165,15 @@ def scheduler_class() -> type:
     into NaN, and then no later trial is ever stopped); the failed trial ends by itself."""
     from ray.tune.schedulers import ASHAScheduler
 
-    from segarena.platform.run.search.trainable import STATUS_KEY
 
     class Scheduler(ASHAScheduler):
         def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-            if result.get(STATUS_KEY) == "failed":
+            if result.get(SEARCH_STATUS) == "failed":
                 return self.CONTINUE
             return super().on_trial_result(tune_controller, trial, result)
 
         def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
-            if result.get(STATUS_KEY) == "failed":
+            if result.get(SEARCH_STATUS) == "failed":
                 self._trial_info.pop(trial.trial_id, None)
                 return
             super().on_trial_complete(tune_controller, trial, result)
@@ -181,7 +185,6 @@ def make_searcher(plan: SearchPlan) -> Any:
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    from segarena.platform.run.search.trainable import OBJECTIVE
 
     s = plan.search
     samplers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
